@@ -1,0 +1,146 @@
+"""When to compute: the settings of a cache and the schedule-level rules of each mode.
+
+A *step* is an index into the sampler's schedule ``sigmas[0..n]`` (n steps, ``sigmas[n]`` usually 0).
+Decisions are made on the sigma of a model call, never on a call counter, so samplers that evaluate
+the model more than once per step (Heun, DPM-2, DPM++ 2S) or between schedule points get the decision of
+the step whose interval [sigmas[i], sigmas[i+1]) contains that sigma.
+
+Modes
+* ``fixed``    -- compute the first ``warmup`` steps, then every ``interval``-th step; extrapolate between.
+* ``paper``    -- the official AB-Cache schedule and rule: compute when ``i < warmup or i % interval == 0``
+                  (the released code: ``i < 5 or i % 6 == 0``), binomial weights on the computed history.
+* ``adaptive`` -- skip while the accumulated embedded error estimate stays under ``tolerance``
+                  (decided at call time by :class:`abcache_core.state.CacheRun`).
+* ``table``    -- an explicit per-step mask (EB-Cache's "cache table"): "1"/"F" compute, "0"/"s" skip.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from typing import Optional, Sequence
+
+from .weights import MAX_ORDER
+
+MODES = ("fixed", "adaptive", "table", "paper")
+COORDINATES = ("sigma", "lambda", "step")
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings:
+    """Configuration only (no tensors, no locks): safe to deep-copy with the ModelPatcher."""
+
+    mode: str = "fixed"
+    order: int = 2                 # history length k used for extrapolation (1 = plain reuse)
+    interval: int = 3              # fixed/paper: compute every interval-th step
+    warmup: int = 3                # first steps always computed
+    final_steps: int = 1           # last steps always computed (0: none)
+    start_percent: float = 0.0     # caching allowed only for steps in [start, end) fraction of the schedule
+    end_percent: float = 1.0
+    coordinate: str = "sigma"      # sigma | lambda | step: where the Lagrange weights are computed
+    tolerance: float = 0.02        # adaptive: accumulated error budget between two computed steps
+    max_skips: int = 3             # adaptive: most consecutive skipped steps (also caps fixed in practice)
+    table: str = ""                # table mode: one char per step
+    max_amplification: float = 8.0  # guard: sum |w| above this -> use a lower order
+    offload: bool = False          # keep history on the CPU
+
+    def validate(self) -> "CacheSettings":
+        """Raise ValueError with an actionable message for inconsistent settings."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.coordinate not in COORDINATES:
+            raise ValueError(f"coordinate must be one of {COORDINATES}, got {self.coordinate!r}")
+        if not (isinstance(self.order, int) and 1 <= self.order <= MAX_ORDER):
+            raise ValueError(f"order must be 1..{MAX_ORDER} (1 = plain reuse), got {self.order!r}")
+        if self.interval < 1:
+            raise ValueError(f"interval must be >= 1 (1 = compute every step), got {self.interval}")
+        if self.warmup < 0 or self.final_steps < 0:
+            raise ValueError("warmup and final_steps must be >= 0")
+        if not (0.0 <= self.start_percent <= 1.0 and 0.0 <= self.end_percent <= 1.0):
+            raise ValueError("start_percent and end_percent must lie in [0, 1]")
+        if self.start_percent > self.end_percent:
+            raise ValueError(f"start_percent ({self.start_percent}) must not exceed end_percent ({self.end_percent})")
+        if not (self.tolerance >= 0.0 and math.isfinite(self.tolerance)):
+            raise ValueError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
+        if self.max_skips < 0:
+            raise ValueError(f"max_skips must be >= 0, got {self.max_skips}")
+        if not self.max_amplification >= 1.0:
+            raise ValueError(f"max_amplification must be >= 1, got {self.max_amplification}")
+        if self.mode == "adaptive" and self.order < 2:
+            raise ValueError("adaptive mode needs order >= 2: its error estimate compares order k with order k-1")
+        if self.mode == "table":
+            parse_table(self.table)
+        return self
+
+
+_TABLE_COMPUTE = set("1Ff")
+_TABLE_SKIP = set("0Ss.")
+
+
+def parse_table(text: str) -> tuple[bool, ...]:
+    """'FFFsFs...' or '1110 10...' -> tuple of compute flags. Whitespace and commas are ignored."""
+    chars = [c for c in str(text) if not c.isspace() and c != ","]
+    if not chars:
+        raise ValueError("table is empty: give one character per step, e.g. 'FFFFsFsFsF' (F/1 compute, s/0 skip)")
+    bad = sorted({c for c in chars if c not in _TABLE_COMPUTE | _TABLE_SKIP})
+    if bad:
+        raise ValueError(f"table has invalid characters {bad}: use F or 1 to compute a step, s or 0 to skip it")
+    return tuple(c in _TABLE_COMPUTE for c in chars)
+
+
+def resample_table(table: Sequence[bool], steps: int) -> tuple[bool, ...]:
+    """Map a mask written for len(table) steps onto ``steps`` steps by relative position."""
+    n = len(table)
+    if n == steps:
+        return tuple(table)
+    return tuple(bool(table[min(n - 1, int(i * n / steps))]) for i in range(steps))
+
+
+def step_position(schedule: Sequence[float], sigma: float) -> Optional[float]:
+    """Fractional position of ``sigma`` in a decreasing schedule: i for sigmas[i], i + f between.
+
+    Returns None when sigma lies outside the schedule (above sigmas[0] or below sigmas[-1]).
+    """
+    s = list(schedule)
+    n = len(s)
+    if n == 0 or not math.isfinite(sigma):
+        return None
+    tol = 1e-5 * max(abs(s[0]), 1.0)
+    if sigma > s[0] + tol or sigma < s[-1] - tol:
+        return None
+    # increasing copy for bisect: r[j] = s[n-1-j]
+    r = s[::-1]
+    j = bisect.bisect_left(r, sigma - tol)
+    if j < n and abs(r[j] - sigma) <= tol:
+        return float(n - 1 - j)
+    # strictly between r[j-1] < sigma < r[j] -> between s[i] > sigma > s[i+1] with i = n-1-j
+    i = n - 1 - j
+    hi, lo = s[i], s[i + 1]
+    return i + (hi - sigma) / (hi - lo) if hi != lo else float(i)
+
+
+def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[bool]:
+    """Schedule-level decision for ``step`` of ``steps``.
+
+    True: must compute. False: may skip (if the history allows it). None: adaptive decides at call time.
+    """
+    if step < 0 or step >= steps:
+        return True
+    if step < settings.warmup or step >= steps - settings.final_steps:
+        return True
+    frac = step / steps
+    if not (settings.start_percent <= frac < settings.end_percent) and settings.mode != "table":
+        return True
+    mode = settings.mode
+    if mode == "fixed":
+        return (step - settings.warmup) % settings.interval == 0
+    if mode == "paper":
+        return step % settings.interval == 0
+    if mode == "table":
+        return resample_table(parse_table(settings.table), steps)[step]
+    return None  # adaptive
+
+
+def plan(settings: CacheSettings, steps: int) -> list[Optional[bool]]:
+    """planned_compute for every step (None where adaptive decides at call time)."""
+    return [planned_compute(settings, i, steps) for i in range(steps)]

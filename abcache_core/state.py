@@ -1,0 +1,248 @@
+"""Per-sampling-run state: histories of computed outputs, call-time decisions, telemetry.
+
+One :class:`CacheRun` lives for exactly one sampling call. The caller (the ComfyUI wrapper, or a
+benchmark) does, for every model call at noise level ``sigma`` with history keys ``keys`` (one per
+conditioning chunk):
+
+    decision = run.decide(sigma, keys)
+    if decision.skip:
+        outputs = decision.predictions          # dict key -> tensor, new tensors
+    else:
+        outputs = real_forward(...)
+        run.record(sigma, {key: output_chunk, ...})
+    ...
+    run.release()                               # always, in a finally
+
+History holds computed outputs only, never predictions (feeding predictions back is unstable,
+algorithms.md section 1.4). All methods are thread-safe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections import deque
+from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
+
+import torch
+
+from .policy import CacheSettings, planned_compute, step_position
+from .weights import amplification, binomial_weights, lagrange_weights
+
+
+@dataclasses.dataclass
+class CallRecord:
+    """One model call: what was decided and why."""
+
+    step: float            # fractional step position in the schedule
+    sigma: float
+    computed: bool
+    order: int = 0         # history entries used for the prediction (0 when computed)
+    error: float = float("nan")  # embedded error estimate of the prediction (when one was made)
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class Decision:
+    skip: bool
+    predictions: dict = dataclasses.field(default_factory=dict)
+    order: int = 0
+    error: float = float("nan")
+    reason: str = ""
+
+
+def sigma_to_coordinate(sigma: float, coordinate: str, schedule: Sequence[float]) -> float:
+    if coordinate == "sigma":
+        return float(sigma)
+    if coordinate == "lambda":
+        return -math.log(max(float(sigma), 1e-12))
+    pos = step_position(schedule, float(sigma))
+    return float("nan") if pos is None else pos
+
+
+class CacheRun:
+    """State of one sampling call. ``schedule`` is the sigma schedule actually sampled (n + 1 values)."""
+
+    def __init__(self, settings: CacheSettings, schedule: Sequence[float]):
+        self.settings = settings.validate()
+        self.schedule = [float(s) for s in schedule]
+        self.steps = max(len(self.schedule) - 1, 0)
+        self.records: list[CallRecord] = []
+        self._hist: dict[Hashable, deque] = {}
+        self._lock = threading.RLock()
+        self._decided: dict[float, bool] = {}   # sigma -> computed? (one decision per noise level)
+        self._acc = 0.0                         # adaptive: accumulated error since the last compute
+        self._run = 0                           # consecutive skipped noise levels
+        self._last_coord: Optional[float] = None
+        nz = [s for s in self.schedule if s > 0]
+        span_pts = [sigma_to_coordinate(s, settings.coordinate, self.schedule) for s in (nz[:1] + nz[-1:])] if nz else []
+        self._span = abs(span_pts[0] - span_pts[-1]) if len(span_pts) == 2 and span_pts[0] != span_pts[-1] else 1.0
+
+    # -- deep copies (ComfyUI <= 0.13 deep-copies model_options): share the live run, never copy tensors
+    def __deepcopy__(self, memo):
+        return self
+
+    def coordinate(self, sigma: float) -> float:
+        return sigma_to_coordinate(sigma, self.settings.coordinate, self.schedule)
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, sigma: float, keys: Iterable[Hashable], device=None) -> Decision:
+        """Compute or skip this model call. On skip, ``predictions`` holds one new tensor per key."""
+        sigma = float(sigma)
+        keys = list(keys)
+        with self._lock:
+            pos = step_position(self.schedule, sigma) if self.steps > 0 else None
+            if pos is None or not (sigma > 0) or not keys:
+                return self._computed(pos, sigma, "off-schedule")
+            step = int(math.floor(pos + 1e-6))
+            plan = planned_compute(self.settings, step, self.steps)
+            level = round(sigma, 12)
+            prior = self._decided.get(level)
+            if plan is True:
+                return self._computed(pos, sigma, "planned", level)
+            if prior is True:
+                return self._computed(pos, sigma, "same sigma computed", level)
+            hists = [self._hist.get(k) for k in keys]
+            if any(not h for h in hists):
+                return self._computed(pos, sigma, "no history", level)
+            if self.settings.mode == "adaptive" and prior is None and self._run >= self.settings.max_skips:
+                return self._computed(pos, sigma, "max skips", level)
+            if self.settings.mode == "adaptive" and prior is None and min(len(h) for h in hists) < 2:
+                return self._computed(pos, sigma, "warming history", level)
+            target = self.coordinate(sigma)
+            preds, orders, err = {}, [], float("nan")
+            for k, h in zip(keys, hists):
+                p = self._predict(h, target, sigma, device, want_estimate=self.settings.mode == "adaptive")
+                if p is None:
+                    return self._computed(pos, sigma, "unsafe prediction", level)
+                preds[k], o, e = p
+                orders.append(o)
+                if not math.isnan(e):
+                    err = e if math.isnan(err) else max(err, e)
+            if self.settings.mode == "adaptive" and prior is None:
+                weight = abs(target - (self._last_coord if self._last_coord is not None else target)) / self._span
+                cost = err * max(weight, 1.0 / max(self.steps, 1))
+                if not math.isfinite(cost) or self._acc + cost > self.settings.tolerance:
+                    return self._computed(pos, sigma, f"estimate {err:.2e} over budget", level)
+                self._acc += cost
+            if prior is None:
+                self._run += 1
+                self._decided[level] = False
+            self._last_coord = target
+            self.records.append(CallRecord(pos, sigma, False, min(orders), err, "extrapolated"))
+            return Decision(True, preds, min(orders), err, "extrapolated")
+
+    def _computed(self, pos, sigma, reason, level=None) -> Decision:
+        if level is not None and level not in self._decided:
+            self._decided[level] = True
+            self._acc, self._run = 0.0, 0
+        if level is not None:
+            self._last_coord = self.coordinate(sigma)
+        self.records.append(CallRecord(-1.0 if pos is None else pos, sigma, True, 0, float("nan"), reason))
+        return Decision(False, reason=reason)
+
+    def _predict(self, hist: deque, target: float, sigma: float, device, want_estimate: bool):
+        """(prediction, order used, error estimate) or None when no safe prediction exists."""
+        s = self.settings
+        entries = list(hist)  # most recent first
+        k = min(s.order, len(entries))
+        if s.mode == "paper":
+            w = binomial_weights(k)
+            if s.coordinate == "lambda" and k >= 1:
+                # Prop. 2 VP form, h = mean lambda spacing of the history (target - last for k = 1)
+                cs = [c for c, _ in entries[:k]]
+                h = (cs[0] - cs[-1]) / (k - 1) if k > 1 else target - cs[0]
+                w = [wi * math.exp((i + 1) * h) for i, wi in enumerate(w)]
+            return self._combine(entries[:k], w, k, float("nan"), device)
+        while k >= 1:
+            w = lagrange_weights([c for c, _ in entries[:k]], target)
+            if amplification(w) <= s.max_amplification and all(math.isfinite(x) for x in w):
+                break
+            k -= 1
+        if k < 1:
+            return None
+        out = self._combine(entries[:k], w, k, float("nan"), device)
+        if out is None or not (want_estimate or s.mode == "adaptive"):
+            return out
+        if k < 2:
+            return out[0], k, float("inf")
+        w_lo = lagrange_weights([c for c, _ in entries[: k - 1]], target)
+        lo = self._combine(entries[: k - 1], w_lo, k - 1, float("nan"), device)
+        if lo is None:
+            return None
+        hi_t, lo_t = out[0].float(), lo[0].float()
+        denom = float(torch.linalg.vector_norm(hi_t))
+        err = float(torch.linalg.vector_norm(hi_t - lo_t)) / denom if denom > 0 else float("inf")
+        return out[0], k, err
+
+    @staticmethod
+    def _combine(entries, weights, k, err, device):
+        ref = entries[0][1]
+        dev = ref.device if device is None else device
+        acc = None
+        for (_, y), w in zip(entries, weights):
+            term = y.to(device=dev, dtype=torch.float32) * w
+            acc = term if acc is None else acc.add_(term)
+        if acc is None or not bool(torch.isfinite(acc).all()):
+            return None
+        return acc.to(ref.dtype), k, err
+
+    # ------------------------------------------------------------------ history
+    def record(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor]) -> None:
+        """Store computed outputs (one tensor per key) at this sigma. Never call it with predictions."""
+        c = self.coordinate(float(sigma))
+        if not math.isfinite(c):
+            return
+        maxlen = max(self.settings.order, 2 if self.settings.mode == "adaptive" else 1)
+        with self._lock:
+            for key, y in outputs.items():
+                y = y.detach()
+                if self.settings.offload and y.device.type != "cpu":
+                    y = y.to("cpu", non_blocking=False)
+                h = self._hist.get(key)
+                if h is None or h.maxlen != maxlen:
+                    h = self._hist[key] = deque(h or (), maxlen=maxlen)
+                if h and (h[0][0] == c or h[0][1].shape != y.shape or h[0][1].dtype != y.dtype):
+                    if h[0][0] == c:
+                        h.popleft()          # same noise level again (Heun): keep the newest evaluation
+                    else:
+                        h.clear()            # shape/dtype changed (resolution, context window): restart
+                h.appendleft((c, y))
+
+    def forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._hist.pop(key, None)
+
+    def history_sizes(self) -> dict:
+        with self._lock:
+            return {k: len(v) for k, v in self._hist.items()}
+
+    def history_tensors(self) -> list:
+        with self._lock:
+            return [y for h in self._hist.values() for _, y in h]
+
+    def release(self) -> None:
+        """Drop every tensor reference (the records keep only numbers)."""
+        with self._lock:
+            self._hist.clear()
+            self._decided.clear()
+
+    # ------------------------------------------------------------------ telemetry
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            total = len(self.records)
+            computed = sum(r.computed for r in self.records)
+            errs = [r.error for r in self.records if not r.computed and math.isfinite(r.error)]
+        return {
+            "calls": total,
+            "computed": computed,
+            "skipped": total - computed,
+            "speedup": total / computed if computed else float("inf") if total else 1.0,
+            "max_error": max(errs) if errs else float("nan"),
+        }
+
+    def summary_line(self, name: str = "AB-Cache") -> str:
+        s = self.summary()
+        err = "n/a" if math.isnan(s["max_error"]) else f"{s['max_error']:.2e}"
+        return (f"{name}: computed {s['computed']}/{s['calls']} model calls "
+                f"({s['speedup']:.2f}x fewer), largest error estimate {err}")

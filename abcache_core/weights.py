@@ -1,0 +1,97 @@
+"""Extrapolation weights: from the last k computed outputs y_j at coordinates c_j to a target c*.
+
+Every rule here returns weights w_j (most recent history entry first) so that the prediction is
+    y(c*) ~= sum_j w_j * y_j.
+
+* ``lagrange_weights`` -- w_j = prod_{l != j} (c* - c_l) / (c_j - c_l), exact for polynomials of degree
+  k-1 on any grid (algorithms.md section 4.1). This is the rule the pack uses by default, with c = sigma for
+  flow models and c = lambda = -log(sigma) for VP models.
+* ``binomial_weights`` -- (-1)^(i+1) C(k, i), the AB-Cache paper's Prop. 2 for flow matching. It equals
+  ``lagrange_weights`` only when the history is k consecutive, evenly spaced steps and the target is the
+  next one.
+* ``paper_weights`` -- Prop. 2 with the exponential factors e^(i h) of the VP/epsilon form (h = lambda step).
+* ``adams_bashforth_coefficients`` -- the b_j of the paper's Appendix A / Table 4 (exact fractions).
+
+All arithmetic is float64 on Python scalars: a handful of numbers per model call.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Sequence
+
+MAX_ORDER = 5
+
+
+def binomial_weights(k: int) -> list[float]:
+    """The paper's weights (-1)^(i+1) C(k, i), i = 1..k: (1), (2,-1), (3,-3,1), (4,-6,4,-1), (5,-10,10,-5,1)."""
+    _check_order(k)
+    return [float((-1) ** (i + 1) * math.comb(k, i)) for i in range(1, k + 1)]
+
+
+def paper_weights(k: int, h: float = 0.0) -> list[float]:
+    """Prop. 2 of the paper: eps_n = sum_i (-1)^(i+1) C(k,i) e^(i h) eps_(n-i).
+
+    ``h`` is the (uniform) lambda step; h = 0 is the flow-matching form (no exponential factors).
+    The weights sum to 1 - (1 - e^h)^k, so for h != 0 they do not reproduce a constant.
+    """
+    return [w * math.exp((i + 1) * h) for i, w in enumerate(binomial_weights(k))]
+
+
+def lagrange_weights(coords: Sequence[float], target: float) -> list[float]:
+    """Lagrange extrapolation weights on arbitrary (distinct) coordinates.
+
+    ``coords[j]`` is the coordinate of history entry j; the result has the same order. Raises
+    ``ValueError`` for repeated coordinates (the caller keeps them distinct).
+    """
+    c = [float(v) for v in coords]
+    k = len(c)
+    if k == 0:
+        raise ValueError("lagrange_weights needs at least one history entry")
+    t = float(target)
+    w = []
+    for j in range(k):
+        num, den = 1.0, 1.0
+        for m in range(k):
+            if m != j:
+                num *= t - c[m]
+                den *= c[j] - c[m]
+        if den == 0.0:
+            raise ValueError(f"repeated coordinate {c[j]!r} in history {c!r}")
+        w.append(num / den)
+    return w
+
+
+def amplification(weights: Sequence[float]) -> float:
+    """sum |w_j|: how much the rule amplifies noise in the history (1 for plain reuse)."""
+    return float(sum(abs(w) for w in weights))
+
+
+def adams_bashforth_coefficients(k: int) -> list[Fraction]:
+    """b_j = integral_0^1 L_j(s) ds with L_j the Lagrange basis on s = 0, -1, ..., -(k-1) (Appendix A).
+
+    k=2 -> (3/2, -1/2); k=3 -> (23/12, -4/3, 5/12); ... (Table 4). Exact rational arithmetic.
+    """
+    _check_order(k)
+    nodes = [Fraction(-m) for m in range(k)]
+    out = []
+    for j in range(k):
+        # Polynomial L_j(s) as a coefficient list (lowest degree first), built by multiplying factors.
+        poly = [Fraction(1)]
+        for m in range(k):
+            if m == j:
+                continue
+            den = nodes[j] - nodes[m]
+            # multiply poly by (s - nodes[m]) / den
+            new = [Fraction(0)] * (len(poly) + 1)
+            for p, a in enumerate(poly):
+                new[p + 1] += a / den
+                new[p] += -nodes[m] * a / den
+            poly = new
+        out.append(sum(a / (p + 1) for p, a in enumerate(poly)))
+    return out
+
+
+def _check_order(k: int) -> None:
+    if not (isinstance(k, int) and 1 <= k <= MAX_ORDER):
+        raise ValueError(f"order must be an integer from 1 to {MAX_ORDER}, got {k!r}")

@@ -1,0 +1,298 @@
+"""ModelPatcher wrappers that put an :class:`abcache_core.CacheRun` between the sampler and the model.
+
+* OUTER_SAMPLE    -- one fresh CacheRun per sampling call (schedule = the sigmas actually sampled);
+                     in ``finally``: one summary line, telemetry to the sink, release of every tensor.
+* DIFFUSION_MODEL -- per-conditioning model call: compute (and remember each chunk's raw output) or
+                     return an extrapolation of each chunk's output. Used when the model's forward runs
+                     DIFFUSION_MODEL wrappers (FLUX, HunyuanVideo, LTX, Wan, CogVideoX, SD U-Net, ...).
+* APPLY_MODEL     -- the same at the apply_model level, in d = (x - denoised) / sigma space, for models
+                     whose forward has no DIFFUSION_MODEL hook (SD3, Mochi, PixArt, HunyuanDiT, ...).
+                     It also detects at run time that a DIFFUSION_MODEL wrapper never fired and takes over,
+                     so no model is silently left uncached.
+
+Nothing here writes into a tensor it did not allocate: predictions are new tensors and history entries
+are clones of the model output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from typing import Any, Optional
+
+import torch
+
+import comfy.model_patcher
+import comfy.patcher_extension as pe
+
+from ..abcache_core import CacheRun, CacheSettings
+
+KEY = "ab_cache"
+LOG = logging.getLogger("ab_cache")
+
+
+class TelemetrySink:
+    """Holds the numbers (never tensors) of the last finished run of a patched model, for the report node.
+
+    Shared, not copied, across ModelPatcher clones (ComfyUI <= 0.13 deep-copies model_options).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.last: Optional[dict] = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def put(self, data: dict) -> None:
+        with self._lock:
+            self.last = data
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSpec:
+    """What the node stores on the model: configuration only (deep-copy safe)."""
+
+    settings: CacheSettings
+    coordinate: str = "auto"       # auto: sigma for flow models, lambda for VP models
+    verbose: bool = False
+    sink: Any = None               # TelemetrySink (shared) or None
+
+    def resolve(self, model_sampling) -> CacheSettings:
+        coord = self.coordinate
+        if coord == "auto":
+            coord = "sigma" if is_flow(model_sampling) else "lambda"
+        return dataclasses.replace(self.settings, coordinate=coord)
+
+
+def is_flow(model_sampling) -> bool:
+    import comfy.model_sampling as ms
+
+    return isinstance(model_sampling, ms.CONST)
+
+
+def has_diffusion_model_hook(diffusion_model) -> bool:
+    """True when the model's forward runs DIFFUSION_MODEL wrappers (core classes define ``_forward``)."""
+    return callable(getattr(type(diffusion_model), "_forward", None))
+
+
+class ActiveRun:
+    """Per-sampling-call state shared by the wrappers of one run."""
+
+    def __init__(self, spec: CacheSpec, settings: CacheSettings, schedule, level: str):
+        self.spec = spec
+        self.run = CacheRun(settings, schedule)
+        self.level = level                     # "diffusion_model" or "apply_model"
+        self.lock = threading.Lock()
+        self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
+        self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
+        self.parts: dict = {}                  # uuid -> number of output parts (LTX-2: [video, audio])
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- utils
+def find_transformer_options(args, kwargs) -> Optional[dict]:
+    to = kwargs.get("transformer_options")
+    if isinstance(to, dict):
+        return to
+    for a in reversed(args):
+        if isinstance(a, dict) and "sigmas" in a and "uuids" in a:
+            return a
+    return None
+
+
+def _window_key(to: dict):
+    w = to.get("context_window")
+    if w is None:
+        return None
+    idx = getattr(w, "index_list", None)
+    return tuple(idx) if idx is not None else id(w)
+
+
+def _as_parts(out):
+    if isinstance(out, torch.Tensor):
+        return [out], False
+    if isinstance(out, (list, tuple)) and out and all(isinstance(o, torch.Tensor) for o in out):
+        return list(out), True
+    return None, False
+
+
+def _split(t: torch.Tensor, n: int) -> Optional[list]:
+    if t.ndim == 0 or n <= 0 or t.shape[0] % n:
+        return None
+    b = t.shape[0] // n
+    return [t[i * b:(i + 1) * b] for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+def outer_sample_wrapper(executor, *args, **kwargs):
+    guider = executor.class_obj
+    orig = guider.model_options
+    spec = orig.get("transformer_options", {}).get(KEY)
+    if not isinstance(spec, CacheSpec):
+        return executor(*args, **kwargs)
+    sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+    model = guider.model_patcher.model
+    settings = spec.resolve(model.model_sampling)
+    level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
+    schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
+    active = ActiveRun(spec, settings, schedule, level)
+    guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
+    guider.model_options["transformer_options"][KEY] = active
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = orig
+        _finish(active)
+
+
+def _finish(active: ActiveRun) -> None:
+    run = active.run
+    try:
+        LOG.info("%s [%s, %s, order %d, %s]", run.summary_line(), run.settings.mode,
+                 run.settings.coordinate, run.settings.order, active.level)
+        if active.spec.sink is not None:
+            active.spec.sink.put({
+                "summary": run.summary(),
+                "settings": dataclasses.asdict(run.settings),
+                "schedule": list(run.schedule),
+                "level": active.level,
+                "records": [dataclasses.asdict(r) for r in run.records],
+            })
+    finally:
+        run.release()
+        active.signatures.clear()
+
+
+def diffusion_model_wrapper(executor, *args, **kwargs):
+    to = find_transformer_options(args, kwargs)
+    active = to.get(KEY) if to is not None else None
+    if not isinstance(active, ActiveRun):
+        return executor(*args, **kwargs)
+    with active.lock:
+        active.dm_calls += 1
+    if active.level != "diffusion_model":
+        return executor(*args, **kwargs)
+    x = args[0] if args else kwargs.get("x")
+    return _cached_call(active, to, x, lambda: executor(*args, **kwargs), space="raw")
+
+
+def apply_model_wrapper(executor, x, t, *args, **kwargs):
+    to = kwargs.get("transformer_options")
+    if not isinstance(to, dict):
+        to = args[3] if len(args) > 3 and isinstance(args[3], dict) else None
+    active = to.get(KEY) if to is not None else None
+    if not isinstance(active, ActiveRun):
+        return executor(x, t, *args, **kwargs)
+    if active.level == "diffusion_model":
+        with active.lock:
+            before = active.dm_calls
+        out = executor(x, t, *args, **kwargs)
+        with active.lock:
+            missed = active.dm_calls == before and active.level == "diffusion_model"
+            if missed:
+                active.level = "apply_model"
+        if missed:
+            LOG.warning("AB-Cache: %s runs no DIFFUSION_MODEL wrappers; caching at the apply_model level instead",
+                        type(executor.class_obj.diffusion_model).__name__ if executor.class_obj is not None else "model")
+        return out
+    return _cached_call(active, to, x, lambda: executor(x, t, *args, **kwargs), space="denoised", t=t)
+
+
+def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
+    """Compute or extrapolate one model call. ``space='denoised'`` caches d = (x - D) / sigma."""
+    sigmas = to.get("sigmas")
+    uuids = list(to.get("uuids") or [])
+    x_parts, _ = _as_parts(x)
+    if not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0 or not uuids or x_parts is None:
+        return forward()
+    sigma = float(sigmas.flatten()[0])
+    run = active.run
+    wkey = _window_key(to)
+    n = len(uuids)
+    x_chunks = _split(x_parts[0], n)
+    if x_chunks is None:
+        return forward()
+    sig_in = (tuple(x_chunks[0].shape), x_parts[0].dtype, len(x_parts))
+    keys = []
+    with active.lock:
+        for u in uuids:
+            nparts = active.parts.get((u, wkey), 1)
+            if active.signatures.get((u, wkey)) != sig_in:
+                for p in range(nparts):       # new resolution/dtype/batch for this cond: start over
+                    run.forget((u, wkey, p))
+            keys += [(u, wkey, p) for p in range(nparts)]
+    decision = run.decide(sigma, keys, device=x_parts[0].device)
+    if decision.skip:
+        out = _assemble(active, decision.predictions, uuids, wkey, x_parts, space, t)
+        if out is not None:
+            if active.spec.verbose:
+                LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order, decision.error)
+            return out
+    out = forward()
+    parts, _ = _as_parts(out)
+    if parts is not None:
+        chunks = [_split(p, n) for p in parts]
+        if all(c is not None for c in chunks):
+            rec = {}
+            for i, u in enumerate(uuids):
+                with active.lock:
+                    active.signatures[(u, wkey)] = sig_in
+                    active.parts[(u, wkey)] = len(parts)
+                for p, c in enumerate(chunks):
+                    y = c[i]
+                    if space == "denoised":
+                        y = _to_d(x_chunks[i], y, _sig(t, i, n, y))
+                    rec[(u, wkey, p)] = y.detach().clone()
+            run.record(sigma, rec)
+    if active.spec.verbose:
+        LOG.info("AB-Cache: sigma %.4f computed (%s)", sigma, decision.reason)
+    return out
+
+
+def _sig(t, i, n, like):
+    s = _split(t.flatten(), n)[i] if isinstance(t, torch.Tensor) and t.numel() % n == 0 else t
+    s = s.to(device=like.device, dtype=torch.float32)
+    return s.reshape([-1] + [1] * (like.ndim - 1))
+
+
+def _to_d(x, denoised, sigma):
+    return ((x.float() - denoised.float()) / sigma).to(denoised.dtype)
+
+
+def _assemble(active, preds, uuids, wkey, x_parts, space, t):
+    n = len(uuids)
+    nparts = active.parts.get((uuids[0], wkey), 1)
+    out_parts = []
+    for p in range(nparts):
+        chunks = []
+        for i, u in enumerate(uuids):
+            y = preds.get((u, wkey, p))
+            if y is None:
+                return None
+            if space == "denoised":
+                xc = _split(x_parts[0], n)[i]
+                y = (xc.float() - _sig(t, i, n, xc) * y.float()).to(y.dtype)
+            chunks.append(y)
+        out_parts.append(torch.cat(chunks, dim=0))
+    if len(out_parts) == 1 and len(x_parts) == 1:
+        return out_parts[0]
+    return out_parts
+
+
+# ---------------------------------------------------------------------------------------------- apply
+def apply_ab_cache(model, settings: CacheSettings, coordinate: str = "auto", verbose: bool = False, sink=None):
+    """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
+    settings = settings.validate()
+    m = model.clone()
+    for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
+        if m.get_wrappers(wtype, KEY):
+            m.remove_wrappers_with_key(wtype, KEY)
+    m.model_options["transformer_options"][KEY] = CacheSpec(settings, coordinate, verbose, sink)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
+    return m
