@@ -1,0 +1,76 @@
+"""Drive real ComfyUI sampling on a ModelPatcher and observe the real forward calls.
+
+Used by tests and benchmarks; needs ComfyUI activated first (devtools.runtime.activate).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+
+import comfy.patcher_extension as pe
+import comfy.sample
+
+
+@dataclasses.dataclass
+class Spy:
+    """What the innermost forward spy saw: one entry per real forward call."""
+
+    sigmas: list = dataclasses.field(default_factory=list)       # sigma of each call
+    schedules: list = dataclasses.field(default_factory=list)    # sample_sigmas (list) of each call
+    uuids: list = dataclasses.field(default_factory=list)        # number of conditioning chunks per call
+    inputs_intact: bool = True                                   # no wrapper wrote into the model input
+
+    @property
+    def calls(self) -> int:
+        return len(self.sigmas)
+
+
+def _find_to(args, kwargs):
+    to = kwargs.get("transformer_options")
+    if isinstance(to, dict):
+        return to
+    for a in reversed(args):
+        if isinstance(a, dict) and "sigmas" in a:
+            return a
+    return {}
+
+
+def with_spy(model, level: Optional[str] = None):
+    """Clone ``model`` and add a spy as the innermost wrapper of the real forward.
+
+    level: "diffusion_model" (default when the model's forward runs those wrappers) or "apply_model".
+    The spy also checks that its input is not modified in place by whatever runs after it.
+    """
+    if level is None:
+        dm = model.model.diffusion_model
+        level = "diffusion_model" if callable(getattr(type(dm), "_forward", None)) else "apply_model"
+    spy = Spy()
+    m = model.clone()
+
+    def record(executor, *args, **kwargs):
+        to = _find_to(args, kwargs)
+        s = to.get("sigmas")
+        spy.sigmas.append(float(s.flatten()[0]) if isinstance(s, torch.Tensor) else float("nan"))
+        ss = to.get("sample_sigmas")
+        spy.schedules.append([float(v) for v in ss.flatten()] if isinstance(ss, torch.Tensor) else [])
+        spy.uuids.append(len(to.get("uuids") or []))
+        x = args[0] if args else None
+        before = x.clone() if isinstance(x, torch.Tensor) else None
+        out = executor(*args, **kwargs)
+        if before is not None and not torch.equal(before, x):
+            spy.inputs_intact = False
+        return out
+
+    wtype = pe.WrappersMP.DIFFUSION_MODEL if level == "diffusion_model" else pe.WrappersMP.APPLY_MODEL
+    m.add_wrapper_with_key(wtype, "abcache_test_spy", record)
+    return m, spy
+
+
+def sample(model, latent, positive, negative, steps=10, cfg=2.0, sampler="euler", scheduler="simple", seed=0,
+           denoise=1.0, **kwargs) -> torch.Tensor:
+    """comfy.sample.sample with seeded noise; returns the final latent."""
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
+                               denoise=denoise, disable_pbar=True, seed=seed, **kwargs)

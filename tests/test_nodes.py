@@ -1,0 +1,234 @@
+"""AB-Cache nodes on ComfyUI's own model classes (tiny random weights) and its real samplers.
+
+For every family and sampler: caching that skips nothing is bit-identical to the unpatched model; with
+caching on, the real forward calls (counted by a spy inside our wrapper) equal the plan, and the output
+is finite with the right shape, dtype and device.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+FAMILIES = ["flux_dev", "flux_schnell", "hunyuan_video", "ltxv", "wan21_t2v", "wan21_i2v", "wan22_ti2v", "sd3",
+            "sd15", "chroma", "qwen_image", "lumina2", "cogvideox", "ltx2"]
+SAMPLERS = ["euler", "dpmpp_2m", "uni_pc", "ddim", "res_multistep", "lcm", "heun", "dpm_2", "dpmpp_2s_ancestral",
+            "euler_ancestral", "dpmpp_2m_sde"]
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def env(comfy, pack):
+    from devtools import harness, tiny_models
+    from devtools.pack import load_nodes
+
+    cases = {}
+
+    def case(name):
+        ok, why = tiny_models.available(name)
+        if not ok:
+            pytest.skip(f"{name}: {why}")
+        if name not in cases:
+            cases[name] = tiny_models.build(name, seed=0)
+        return cases[name]
+
+    import types
+    return types.SimpleNamespace(case=case, harness=harness, nodes=load_nodes(), tm=tiny_models)
+
+
+def _abcache(env, model, order=2, interval=3, warmup=2, **adv):
+    if not adv:
+        return env.nodes.ABCacheNode.execute(model, order, interval, warmup)[0]
+    kw = dict(mode="fixed", coordinate="auto", tolerance=0.01, max_skips=3, start_percent=0.0, end_percent=1.0,
+              final_steps=1, table="", cache_device="same", verbose=False)
+    kw.update(adv)
+    return env.nodes.ABCacheAdvancedNode.execute(model, order, interval, warmup, **kw)[0]
+
+
+def _expected(spy, settings):
+    """Real forward calls the plan asks for, given the calls an unpatched run makes."""
+    from abcache_core import planned_compute, step_position
+
+    n = 0
+    for sigma, sched in zip(spy.sigmas, spy.schedules):
+        pos = step_position(sched, sigma)
+        if pos is None or sigma <= 0:
+            n += 1
+            continue
+        n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1) is not False
+    return n
+
+
+def _run(env, case, model, **kw):
+    m, spy = env.harness.with_spy(model)
+    kw.setdefault("positive", case.positive(1))
+    kw.setdefault("negative", case.negative(2))
+    out = env.harness.sample(m, kw.pop("latent", case.latent), kw.pop("positive"), kw.pop("negative"), **kw)
+    return out, spy
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_identity_and_plan(env, family, sampler):
+    from abcache_core import CacheSettings
+
+    case = env.case(family)
+    ref, spy_ref = _run(env, case, case.patcher, steps=STEPS, sampler=sampler)
+    off, spy_off = _run(env, case, _abcache(env, case.patcher, interval=1), steps=STEPS, sampler=sampler)
+    assert torch.equal(ref, off), "caching that skips nothing must be bit-identical"
+    assert spy_off.calls == spy_ref.calls
+
+    on, spy_on = _run(env, case, _abcache(env, case.patcher, order=2, interval=3, warmup=2), steps=STEPS,
+                      sampler=sampler)
+    expected = _expected(spy_ref, CacheSettings(order=2, interval=3, warmup=2))
+    assert spy_on.calls == expected < spy_ref.calls
+    assert on.shape == ref.shape and on.dtype == ref.dtype and on.device == ref.device
+    assert torch.isfinite(on).all()
+    assert spy_on.inputs_intact and spy_ref.inputs_intact
+
+
+def test_known_call_counts(env):
+    """Hand-computed plans: euler, 20 steps, warm-up 3, interval 4, last step computed ->
+    steps 0 1 2 3 7 11 15 19 = 8 calls; heun evaluates twice per step but decides on sigma."""
+    case = env.case("flux_dev")
+    m = _abcache(env, case.patcher, order=2, interval=4, warmup=3)
+    _, spy = _run(env, case, m, steps=20, sampler="euler")
+    assert spy.calls == 8
+    _, spy = _run(env, case, m, steps=20, sampler="heun")
+    # heun: 39 evaluations; sigma index of each: 0,1,1,2,2,...,19,19 -> computed where index in {0,1,2,3,7,11,15,19}
+    assert spy.calls == 1 + 2 * 7
+
+
+def test_paper_mode_official_schedule(env):
+    """Official AB-Cache schedule: compute when i < 5 or i % 6 == 0 -> 13 of 50 steps."""
+    case = env.case("flux_dev")
+    m = _abcache(env, case.patcher, order=2, interval=6, warmup=5, mode="paper", final_steps=0)
+    _, spy = _run(env, case, m, steps=50, sampler="euler")
+    assert spy.calls == 13
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_cfg_and_batches(env, cfg):
+    """cfg 1 runs only the positive cond; cfg > 1 batches uncond and cond; latent batch 2; two positive
+    conds (ConditioningCombine). Each chunk is extrapolated from its own history."""
+    case = env.case("flux_dev")
+    latent = torch.zeros((2,) + tuple(case.latent.shape[1:]))
+    pos = case.positive(1) + case.positive(3)
+    kw = dict(steps=12, cfg=cfg, latent=latent, positive=pos)
+    ref, spy_ref = _run(env, case, case.patcher, **kw)
+    on, spy_on = _run(env, case, _abcache(env, case.patcher), **kw)
+    assert max(spy_ref.uuids) == (2 if cfg == 1.0 else 3)
+    assert spy_on.calls < spy_ref.calls
+    assert torch.isfinite(on).all() and on.shape == ref.shape
+    rel = float((on - ref).norm() / ref.norm())
+    assert rel < 0.05, rel
+
+
+def test_cond_entering_by_timestep_range(env):
+    """A cond active only for the second half of the schedule joins late: it has no history then, so that
+    step is computed, and nothing breaks."""
+    import node_helpers
+
+    case = env.case("flux_dev")
+    late = node_helpers.conditioning_set_values(case.positive(5), {"start_percent": 0.5, "end_percent": 1.0})
+    pos = case.positive(1) + late
+    ref, spy_ref = _run(env, case, case.patcher, steps=12, positive=pos)
+    on, spy_on = _run(env, case, _abcache(env, case.patcher), steps=12, positive=pos)
+    assert len(set(spy_ref.uuids)) == 2  # the chunk count really changes mid-run
+    assert spy_on.calls < spy_ref.calls and torch.isfinite(on).all()
+
+
+def test_denoise_and_advanced_steps(env):
+    import nodes as comfy_nodes
+
+    case = env.case("flux_dev")
+    m = _abcache(env, case.patcher)
+    out, spy = _run(env, case, m, steps=12, denoise=0.5)
+    assert spy.calls < 12 and torch.isfinite(out).all()
+    # KSamplerAdvanced over steps 4..12 of 16: the schedule the cache sees is the truncated one
+    m2, spy2 = env.harness.with_spy(m)
+    lat = {"samples": case.latent.clone()}
+    out2 = comfy_nodes.KSamplerAdvanced().sample(m2, "enable", 0, 16, 2.0, "euler", "simple", case.positive(1),
+                                                 case.negative(2), lat, 4, 12, "disable")[0]["samples"]
+    assert len(spy2.schedules[0]) == 9 and torch.isfinite(out2).all()
+    assert spy2.calls == 1 + 2 + 2  # warm-up 2 (steps 0,1), then every 3rd (2, 5), last (7)
+
+
+def test_custom_sigmas_and_two_samplers_in_sequence(env):
+    """SamplerCustomAdvanced-style custom sigmas, then a second sampler on the result (Wan 2.2 experts):
+    each sampling call gets its own fresh run state."""
+    import comfy.samplers
+
+    case = env.case("wan21_t2v")
+    high = _abcache(env, case.patcher)
+    low = _abcache(env, env.case("wan21_t2v").patcher, order=3)
+    sigmas = torch.tensor([1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.0])
+    first, second = sigmas[:7], sigmas[6:]
+    noise = torch.randn(case.latent.shape, generator=torch.Generator().manual_seed(0))
+    sampler = comfy.samplers.sampler_object("euler")
+
+    def go(model, sig, x, add_noise):
+        m, spy = env.harness.with_spy(model)
+        guider = comfy.samplers.CFGGuider(m)
+        guider.set_conds(case.positive(1), case.negative(2))
+        guider.set_cfg(3.0)
+        out = guider.sample(noise if add_noise else torch.zeros_like(x), x, sampler, sig, seed=0, disable_pbar=True)
+        return out, spy
+
+    mid, s1 = go(high, first, case.latent.clone(), True)
+    out, s2 = go(low, second, mid, False)
+    assert s1.calls == 4 and s2.calls == 4  # 6 steps each: 0,1,2,5 computed
+    assert torch.isfinite(out).all()
+    # the same graph again gives the same result: no state survives a run
+    mid_b, _ = go(high, first, case.latent.clone(), True)
+    out_b, _ = go(low, second, mid_b, False)
+    assert torch.equal(out, out_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(env, dtype):
+    case = env.tm.build("flux_dev", seed=0, dtype=dtype)
+    ref, spy_ref = _run(env, case, case.patcher, steps=10)
+    on, spy_on = _run(env, case, _abcache(env, case.patcher), steps=10)
+    assert spy_on.calls < spy_ref.calls and on.dtype == ref.dtype and torch.isfinite(on).all()
+
+
+def test_runs_are_independent_and_repeatable(env):
+    case = env.case("flux_dev")
+    m = _abcache(env, case.patcher)
+    a, _ = _run(env, case, m, steps=12)
+    _run(env, case, m, steps=7, sampler="heun", seed=3)  # something different in between
+    b, _ = _run(env, case, m, steps=12)
+    assert torch.equal(a, b)
+
+
+def test_reapplying_replaces(env):
+    case = env.case("flux_dev")
+    twice = _abcache(env, _abcache(env, case.patcher, interval=2), interval=4, warmup=3)
+    _, spy = _run(env, case, twice, steps=20)
+    assert spy.calls == 8  # the second node's settings, applied once
+
+
+def test_apply_model_fallback_for_models_without_hook(env):
+    """SD3's forward runs no DIFFUSION_MODEL wrappers: AB-Cache caches at apply_model level instead."""
+    case = env.case("sd3")
+    assert not case.has_diffusion_model_wrapper
+    ref, spy_ref = _run(env, case, case.patcher, steps=12)
+    on, spy_on = _run(env, case, _abcache(env, case.patcher), steps=12)
+    assert spy_on.calls < spy_ref.calls and torch.isfinite(on).all()
+
+
+def test_telemetry_reaches_sink_and_no_tensor_survives(env):
+    import gc
+
+    case = env.case("flux_dev")
+    m = _abcache(env, case.patcher)
+    spec = m.model_options["transformer_options"]["ab_cache"]
+    _run(env, case, m, steps=12)
+    last = spec.sink.last
+    assert last["summary"]["calls"] == 12 and last["summary"]["computed"] < 12
+    assert len(last["records"]) == 12 and all(isinstance(r["sigma"], float) for r in last["records"])
+    gc.collect()
+    live = [o for o in gc.get_objects() if type(o).__name__ == "ActiveRun"]
+    assert not live, "no run state may outlive its sampling call"
