@@ -12,6 +12,13 @@ if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
 
+def pytest_configure(config):
+    # Tiny models on a shared 2-core machine: one intra-op thread is both faster and less noisy.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def comfy():
     """ComfyUI imported in-process on the CPU. Returns a namespace of the modules tests use."""

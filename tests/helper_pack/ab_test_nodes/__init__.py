@@ -51,7 +51,7 @@ class RandomConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, family, seed):
-        return io.NodeOutput(tiny_models.FAMILIES[family].positive(seed))
+        return io.NodeOutput(tiny_models.conditioning(family, seed))
 
 
 class CountCalls(io.ComfyNode):
