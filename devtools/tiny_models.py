@@ -281,8 +281,12 @@ def conditioning(name: str, seed: int) -> list:
     return _conditioning(spec, spec.latent_shape, seed)
 
 
-def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyCase:
-    """A tiny random-weight ComfyUI model of family ``name`` wrapped in a CPU ModelPatcher."""
+def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, overrides: dict | None = None,
+          latent_shape: tuple | None = None) -> TinyCase:
+    """A tiny random-weight ComfyUI model of family ``name`` wrapped in a CPU ModelPatcher.
+
+    ``overrides`` change constructor parameters (e.g. a larger hidden size for speed benchmarks);
+    ``latent_shape`` changes the latent (batch first)."""
     ok, reason = available(name)
     if not ok:
         raise RuntimeError(f"tiny model family {name!r} unavailable: {reason}")
@@ -292,13 +296,13 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> TinyC
 
     spec = FAMILIES[name]
     cls, params_dc = _target(spec)
-    cfg = getattr(sm, spec.config)(_filter_kwargs(spec.unet_config, cls, params_dc))
+    cfg = getattr(sm, spec.config)(_filter_kwargs({**spec.unet_config, **(overrides or {})}, cls, params_dc))
     cfg.set_inference_dtype(dtype, None)
     model = cfg.get_model({})
     init_weights(model.diffusion_model, torch.Generator().manual_seed(seed))
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=CPU, offload_device=CPU)
 
-    shape = spec.latent_shape
+    shape = tuple(latent_shape or spec.latent_shape)
     # Conditioning streams: positive(s) and negative(s) never coincide (2s vs 2s+1).
     return TinyCase(
         name=name,
