@@ -166,7 +166,7 @@ _SPECS = [
                dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=CTX, hidden_size=64,
                     mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
                     theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=32,
-                    n_layers=1),
+                    n_layers=1, txt_ids_dims=[], vec_in_dim=CTX),   # last two: required on newer trees
                (1, 16, 8, 8), _chroma_cond,
                notes="in/out_channels are post-patchify (16*2*2); cond: pooled_output=None (T5 only)"),
     FamilySpec("qwen_image", "QwenImage", "comfy.ldm.qwen_image.model:QwenImageTransformer2DModel",
