@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from ..abcache_core import CacheSettings
+from ..abcache_core import COORDINATES, CacheSettings
 from .wrappers import TelemetrySink, apply_ab_cache
 
 CATEGORY = "model_patches/ab_cache"
+COORDINATE_CHOICES = ("auto",) + COORDINATES
 
 # Defaults of the simple node: fixed interval 4 after 3 warm-up steps, last step computed, order 2 in
 # sigma (flow) / lambda (VP): 10/25 computed calls (2.5x), 10/28 (2.8x), 16/50 (3.1x).
@@ -25,7 +26,8 @@ _TIPS = {
     "warmup": "Number of first steps that always run the model (the early, high-noise steps change fastest).",
     "mode": "fixed: every interval-th step. adaptive: skip while the built-in error estimate stays under the "
             "tolerance. table: follow the per-step mask in 'table'. paper: the AB-Cache paper's exact rule "
-            "(compute when step < warmup or step % interval == 0; binomial weights).",
+            "(compute when step < warmup or step % interval == 0, binomial weights; set final_steps to 0 "
+            "for the official schedule).",
     "coordinate": "Axis on which the extrapolation weights are computed. auto = sigma for flow models "
                   "(FLUX, Wan, HunyuanVideo, LTX), lambda = -log(sigma) for VP models (SD, CogVideoX); "
                   "step = step index (ignores the real spacing).",
@@ -84,7 +86,7 @@ class ABCacheAdvancedNode(io.ComfyNode):
             inputs=_common_inputs() + [
                 io.Combo.Input("mode", options=["fixed", "adaptive", "table", "paper"], default="fixed",
                                tooltip=_TIPS["mode"]),
-                io.Combo.Input("coordinate", options=["auto", "sigma", "lambda", "step"], default="auto",
+                io.Combo.Input("coordinate", options=list(COORDINATE_CHOICES), default="auto",
                                tooltip=_TIPS["coordinate"]),
                 io.Float.Input("tolerance", default=0.01, min=0.0, max=10.0, step=0.001, tooltip=_TIPS["tolerance"]),
                 io.Int.Input("max_skips", default=3, min=0, max=50, step=1, tooltip=_TIPS["max_skips"]),
@@ -100,8 +102,9 @@ class ABCacheAdvancedNode(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, mode="fixed", order=2, start_percent=0.0, end_percent=1.0, table="", tolerance=0.0,
-                        **kwargs):
+                        coordinate="auto", **kwargs):
         try:
+            _check_coordinate(coordinate)
             _advanced_settings(mode, order, 4, 3, tolerance, 3, start_percent, end_percent, 1, table, "same")
         except ValueError as e:
             return str(e)
@@ -112,8 +115,7 @@ class ABCacheAdvancedNode(io.ComfyNode):
                 end_percent, final_steps, table, cache_device, verbose) -> io.NodeOutput:
         settings = _advanced_settings(mode, order, interval, warmup, tolerance, max_skips, start_percent,
                                       end_percent, final_steps, table, cache_device)
-        coord = "auto" if coordinate == "auto" else coordinate
-        return io.NodeOutput(apply_ab_cache(model, settings, coordinate=coord, verbose=bool(verbose),
+        return io.NodeOutput(apply_ab_cache(model, settings, coordinate=_check_coordinate(coordinate), verbose=bool(verbose),
                                             sink=TelemetrySink()))
 
 
@@ -128,6 +130,12 @@ def _advanced_settings(mode, order, interval, warmup, tolerance, max_skips, star
         offload=cache_device == "cpu",
         coordinate="sigma",  # placeholder; the node's coordinate input is resolved per model at run time
     ))
+
+
+def _check_coordinate(coordinate) -> str:
+    if coordinate not in COORDINATE_CHOICES:
+        raise ValueError(f"AB-Cache: coordinate must be one of {COORDINATE_CHOICES}, got {coordinate!r}")
+    return coordinate
 
 
 def _checked(settings: CacheSettings) -> CacheSettings:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 from typing import Any, Optional
 
@@ -26,10 +25,17 @@ import torch
 import comfy.model_patcher
 import comfy.patcher_extension as pe
 
-from ..abcache_core import CacheRun, CacheSettings
+from ..abcache_core import CacheRun, CacheSettings, plan
 
 KEY = "ab_cache"
 LOG = logging.getLogger("ab_cache")
+# ComfyUI's own step caches; two step caches on one model would skip twice and corrupt each other's state.
+OTHER_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}
+
+
+def other_caches(model_options: dict) -> list[str]:
+    to = model_options.get("transformer_options", {})
+    return [name for key, name in OTHER_CACHES.items() if key in to]
 
 
 class TelemetrySink:
@@ -134,12 +140,18 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     spec = orig.get("transformer_options", {}).get(KEY)
     if not isinstance(spec, CacheSpec):
         return executor(*args, **kwargs)
+    others = other_caches(orig)
+    if others:
+        LOG.warning("AB-Cache: %s is also attached to this model; AB-Cache is bypassed for this run so that "
+                    "steps are not skipped twice. Use one step cache per model.", " and ".join(others))
+        return executor(*args, **kwargs)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     model = guider.model_patcher.model
     settings = spec.resolve(model.model_sampling)
     level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
     active = ActiveRun(spec, settings, schedule, level)
+    _warn_if_nothing_to_skip(settings, len(schedule) - 1)
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
     guider.model_options["transformer_options"][KEY] = active
     try:
@@ -147,6 +159,15 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     finally:
         guider.model_options = orig
         _finish(active)
+
+
+def _warn_if_nothing_to_skip(settings: CacheSettings, steps: int) -> None:
+    if steps <= 0 or settings.mode == "adaptive":
+        return
+    if all(plan(settings, steps)):
+        LOG.warning("AB-Cache: with %d steps nothing can be skipped (mode %s, warm-up %d, interval %d, final steps "
+                    "%d); every step runs the model. Lower the warm-up or interval, or use more steps.",
+                    steps, settings.mode, settings.warmup, settings.interval, settings.final_steps)
 
 
 def _finish(active: ActiveRun) -> None:
@@ -287,6 +308,10 @@ def _assemble(active, preds, uuids, wkey, x_parts, space, t):
 def apply_ab_cache(model, settings: CacheSettings, coordinate: str = "auto", verbose: bool = False, sink=None):
     """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
     settings = settings.validate()
+    others = other_caches(model.model_options)
+    if others:
+        raise ValueError(f"AB-Cache: this model already has {' and '.join(others)} attached. Both skip model calls "
+                         f"and would corrupt each other's cache: remove one of the two nodes.")
     m = model.clone()
     for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
         if m.get_wrappers(wtype, KEY):
