@@ -81,3 +81,25 @@ def test_bad_input_is_refused_at_validation(server):
     g["2"]["inputs"]["table"] = "FFss"
     status, body = server.post("/prompt", {"prompt": g, "client_id": server.client_id})
     assert status == 400 and "order" in str(body["node_errors"])
+
+
+def test_interrupt_over_http_then_next_run_is_clean(server):
+    """POST /interrupt in the middle of a long cached run: the run ends as interrupted, AB-Cache still logs
+    its summary (its cleanup ran), and the next prompt succeeds with the planned forward calls."""
+    import time
+
+    before = server.log_text().count("AB-Cache: computed")
+    pid = server.queue(graph({"order": 2, "interval": 4, "warmup": 3}, steps=5000, prefix="long"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not server.get("/queue")["queue_running"]:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    server.interrupt()
+    entry = server.wait(pid, timeout=120)
+    events = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in events, events
+    after = server.run(graph({"order": 2, "interval": 4, "warmup": 3}, prefix="after_interrupt"))
+    assert after["outputs"]["8"]["latents"]
+    log = server.log_text()
+    assert log.count("AB-Cache: computed") == before + 2
+    assert _calls(log)[-1] == 6
