@@ -40,6 +40,7 @@ class CallRecord:
     order: int = 0         # history entries used for the prediction (0 when computed)
     error: float = float("nan")  # embedded error estimate of the prediction (when one was made)
     reason: str = ""
+    change: float = float("nan")  # computed calls: ||y - y_prev|| / ||y_prev|| of the first chunk (the U curve)
 
 
 @dataclasses.dataclass
@@ -197,8 +198,11 @@ class CacheRun:
             return
         maxlen = max(self.settings.order, 2 if self.settings.mode == "adaptive" else 1)
         with self._lock:
-            for key, y in outputs.items():
+            for n, (key, y) in enumerate(outputs.items()):
                 y = y.detach()
+                prev = self._hist.get(key)
+                if n == 0 and prev and prev[0][1].shape == y.shape:
+                    self._note_change(float(sigma), y, prev[0][1])
                 if self.settings.offload and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
                 h = self._hist.get(key)
@@ -213,6 +217,16 @@ class CacheRun:
                     h.clear()
                     h.extend(kept)
                 h.appendleft((c, y))
+
+    def _note_change(self, sigma: float, y: torch.Tensor, prev: torch.Tensor) -> None:
+        ref = float(torch.linalg.vector_norm(prev.float()))
+        if ref <= 0:
+            return
+        change = float(torch.linalg.vector_norm(y.float() - prev.to(y.device).float())) / ref
+        for r in reversed(self.records):
+            if r.computed and r.sigma == sigma:
+                r.change = change
+                break
 
     def forget(self, key: Hashable) -> None:
         with self._lock:
