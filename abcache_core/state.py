@@ -40,7 +40,7 @@ class CallRecord:
     order: int = 0         # history entries used for the prediction (0 when computed)
     error: float = float("nan")  # embedded error estimate of the prediction (when one was made)
     reason: str = ""
-    change: float = float("nan")  # computed calls: ||y - y_prev|| / ||y_prev|| of the first chunk (the U curve)
+    change: float = float("nan")  # computed calls: ||y - y_prev|| / ||y_prev|| per step, first chunk (U curve)
 
 
 @dataclasses.dataclass
@@ -201,7 +201,7 @@ class CacheRun:
             for n, (key, y) in enumerate(outputs.items()):
                 y = y.detach()
                 prev = self._hist.get(key)
-                if n == 0 and prev and prev[0][1].shape == y.shape:
+                if n == 0 and prev and prev[0][1].shape == y.shape and prev[0][0] != c:
                     self._note_change(float(sigma), y, prev[0][1])
                 if self.settings.offload and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
@@ -223,10 +223,12 @@ class CacheRun:
         if ref <= 0:
             return
         change = float(torch.linalg.vector_norm(y.float() - prev.to(y.device).float())) / ref
-        for r in reversed(self.records):
-            if r.computed and r.sigma == sigma:
-                r.change = change
-                break
+        computed = [r for r in self.records if r.computed]
+        cur = next((r for r in reversed(computed) if r.sigma == sigma), None)
+        before = next((r for r in reversed(computed) if r.sigma > sigma), None)
+        if cur is not None:
+            gap = cur.step - before.step if before is not None and cur.step > before.step else 1.0
+            cur.change = change / gap   # per step, so gaps of several skipped steps stay comparable
 
     def forget(self, key: Hashable) -> None:
         with self._lock:

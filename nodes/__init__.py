@@ -1,6 +1,7 @@
 """The ComfyUI layer of AB-Cache: node definitions and ModelPatcher wrappers (the only code importing comfy)."""
 from .ab_nodes import ABCacheAdvancedNode, ABCacheExtension, ABCacheNode
+from .report import ABCacheReportNode
 from .wrappers import KEY, CacheSpec, TelemetrySink, apply_ab_cache
 
-__all__ = ["ABCacheAdvancedNode", "ABCacheExtension", "ABCacheNode", "CacheSpec", "KEY", "TelemetrySink",
-           "apply_ab_cache"]
+__all__ = ["ABCacheAdvancedNode", "ABCacheExtension", "ABCacheNode", "ABCacheReportNode", "CacheSpec", "KEY",
+           "TelemetrySink", "apply_ab_cache"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from ..abcache_core import COORDINATES, CacheSettings
+from .report import ABCacheReportNode
 from .wrappers import TelemetrySink, apply_ab_cache
 
 CATEGORY = "model_patches/ab_cache"
@@ -147,4 +148,4 @@ def _checked(settings: CacheSettings) -> CacheSettings:
 
 class ABCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ABCacheNode, ABCacheAdvancedNode]
+        return [ABCacheNode, ABCacheAdvancedNode, ABCacheReportNode]

@@ -232,3 +232,20 @@ def test_telemetry_reaches_sink_and_no_tensor_survives(env):
     gc.collect()
     live = [o for o in gc.get_objects() if type(o).__name__ == "ActiveRun"]
     assert not live, "no run state may outlive its sampling call"
+
+
+def test_report_node_plots_the_last_run(env):
+    case = env.case("flux_dev")
+    m = _abcache(env, case.patcher, order=2, interval=3, warmup=2)
+    with pytest.raises(ValueError, match="not been sampled"):
+        env.nodes.ABCacheReportNode.execute(m)
+    with pytest.raises(ValueError, match="has no AB-Cache"):
+        env.nodes.ABCacheReportNode.execute(case.patcher)
+    _run(env, case, m, steps=12)
+    img, text = env.nodes.ABCacheReportNode.execute(m, None)
+    assert img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 3 and img.dtype == torch.float32
+    assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.std()) > 0.01
+    assert text.startswith("AB-Cache: 6/12 model calls computed (2.00x fewer)")
+    recs = m.model_options["transformer_options"]["ab_cache"].sink.last["records"]
+    changes = [r["change"] for r in recs if r["computed"]]
+    assert all(math.isfinite(c) and c >= 0 for c in changes[1:])  # the U curve: one value per computed step
