@@ -11,15 +11,23 @@ Modes
                   (the released code: ``i < 5 or i % 6 == 0``), binomial weights on the computed history.
 * ``adaptive`` -- skip while the accumulated embedded error estimate stays under ``tolerance``
                   (decided at call time by :class:`abcache_core.state.CacheRun`).
-* ``table``    -- an explicit per-step mask (EB-Cache's "cache table"): "1"/"F" compute, "0"/"s" skip.
+* ``table``    -- an explicit per-step table (EB-Cache's "cache table"), one code per step:
+                  ``F``/``1`` compute, ``s``/``0``/``2`` skip (EB-Cache: reuse both attention and MLP),
+                  ``a`` EB-Cache's "reuse attention only" -- at the output level (and in the FLUX block
+                  node, see nodes/blocks.py) a step is either run or not, so ``a`` is computed.
+                  The keyword ``eb50`` stands for EB-Cache's published 50-step table
+                  (:data:`EB_CACHE_TABLE_50`); a table written for another step count is mapped onto
+                  the schedule with :func:`derive_table`.
 """
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import math
 from typing import Optional, Sequence
 
+from .exposure import EXPOSURE_APPLY, validate_exposure
 from .weights import MAX_ORDER
 
 MODES = ("fixed", "adaptive", "table", "paper")
@@ -43,6 +51,8 @@ class CacheSettings:
     table: str = ""                # table mode: one char per step
     max_amplification: float = 8.0  # guard: sum |w| above this -> use a lower order
     offload: bool = False          # keep history on the CPU
+    exposure_delta: float = 1.0    # EB-Cache exposure-bias compensation: epsilon / delta (1 = off), see exposure.py
+    exposure_apply: str = "extrapolated"  # extrapolated: only on extrapolated calls; all: on every call
 
     def validate(self) -> "CacheSettings":
         """Raise ValueError with an actionable message for inconsistent settings."""
@@ -70,30 +80,112 @@ class CacheSettings:
             raise ValueError("adaptive mode needs order >= 2: its error estimate compares order k with order k-1")
         if self.mode == "table":
             parse_table(self.table)
+        validate_exposure(self.exposure_delta, self.exposure_apply)
         return self
 
 
-_TABLE_COMPUTE = set("1Ff")
-_TABLE_SKIP = set("0Ss.")
+# EB-Cache's shipped cache_table.npy (aSleepyTree/EB-Cache, DiT-XL/2, 50 DDPM steps) in sampling order:
+# 22 computed steps, then skip/compute alternating 9 times, then sssF, ssF, ssF -> 34 of 50 computed.
+EB_CACHE_TABLE_50 = "F" * 22 + "sF" * 9 + "sssF" + "ssF" + "ssF"
+TABLE_ALIASES = {"eb50": EB_CACHE_TABLE_50}
+
+_CODE = {"F": "F", "f": "F", "1": "F", "s": "s", "S": "s", "0": "s", "2": "s", ".": "s", "a": "a", "A": "a"}
+
+
+def parse_table_codes(text: str) -> tuple[str, ...]:
+    """A cache table -> one normalised code per step: ``F`` compute, ``s`` skip, ``a`` reuse attention only.
+
+    Accepted characters: F/f/1 (compute), s/S/0/./2 (skip; ``2`` is EB-Cache's "reuse both"), a/A (EB-Cache's
+    "reuse attention, recompute MLP"). Whitespace and commas are ignored. The keyword ``eb50`` gives
+    :data:`EB_CACHE_TABLE_50`. EB-Cache's own numeric array uses 0 = full, 1 = attention only, 2 = both,
+    which clashes with 1 = compute / 0 = skip here: a table mixing ``2`` with ``0`` or ``1`` is refused.
+    """
+    raw = str(text)
+    alias = TABLE_ALIASES.get(raw.strip().lower())
+    if alias is not None:
+        raw = alias
+    chars = [c for c in raw if not c.isspace() and c != ","]
+    if not chars:
+        raise ValueError("table is empty: give one character per step, e.g. 'FFFFsFsFsF' (F/1 compute, s/0 skip), "
+                         "or 'eb50' for EB-Cache's published 50-step table")
+    bad = sorted({c for c in chars if c not in _CODE})
+    if bad:
+        raise ValueError(f"table has invalid characters {bad}: use F or 1 to compute a step, s or 0 (or 2) to skip "
+                         f"it, a for EB-Cache's attention-only reuse (computed here)")
+    if "2" in chars and ("0" in chars or "1" in chars):
+        raise ValueError("table mixes 2 with 0/1: this looks like EB-Cache's numeric cache_table (0 = full, "
+                         "1 = reuse attention, 2 = reuse both), where 0 means the opposite of here. Write it "
+                         "with letters instead: F = full, a = attention only, s = reuse both")
+    return tuple(_CODE[c] for c in chars)
 
 
 def parse_table(text: str) -> tuple[bool, ...]:
-    """'FFFsFs...' or '1110 10...' -> tuple of compute flags. Whitespace and commas are ignored."""
-    chars = [c for c in str(text) if not c.isspace() and c != ","]
-    if not chars:
-        raise ValueError("table is empty: give one character per step, e.g. 'FFFFsFsFsF' (F/1 compute, s/0 skip)")
-    bad = sorted({c for c in chars if c not in _TABLE_COMPUTE | _TABLE_SKIP})
-    if bad:
-        raise ValueError(f"table has invalid characters {bad}: use F or 1 to compute a step, s or 0 to skip it")
-    return tuple(c in _TABLE_COMPUTE for c in chars)
+    """'FFFsFs...' or '1110 10...' -> tuple of compute flags (``a`` counts as compute)."""
+    return tuple(c != "s" for c in parse_table_codes(text))
 
 
 def resample_table(table: Sequence[bool], steps: int) -> tuple[bool, ...]:
-    """Map a mask written for len(table) steps onto ``steps`` steps by relative position."""
+    """Map a mask written for len(table) steps onto ``steps`` steps by nearest relative position."""
     n = len(table)
     if n == steps:
         return tuple(table)
     return tuple(bool(table[min(n - 1, int(i * n / steps))]) for i in range(steps))
+
+
+def derive_table(table: str, steps: int) -> str:
+    """A table written for ``len(table)`` steps, derived for ``steps`` steps (codes F/a/s, as a string).
+
+    Same length: returned unchanged (normalised codes). Otherwise:
+    * the first and the last step are computed;
+    * the number of computed steps is round(steps * computed fraction of the source), at least 2;
+    * the remaining computes follow the source's density by relative position: with C(u) the fraction of
+      the source's interior computes in the first u of its interior, target interior step i (of m) is
+      computed where round(K * C(i/m)) steps up, K = computes left after first and last. Dense stretches
+      (EB-Cache's computed first 44%) stay dense, alternating stretches keep alternating;
+    * a computed step takes the source code at its relative position when that is ``a``, else ``F``.
+    """
+    codes = parse_table_codes(table)
+    steps = int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return _derive(codes, steps)
+
+
+@functools.lru_cache(maxsize=256)
+def _derive(codes: tuple, steps: int) -> str:
+    n = len(codes)
+    if n == steps:
+        return "".join(codes)
+    if steps <= 2:
+        return "F" * steps
+    computed = [c != "s" for c in codes]
+    k_total = min(steps, max(2, round(steps * sum(computed) / n)))
+    k_int = k_total - 2
+    m = steps - 2
+    src = computed[1:-1] if n > 2 else []
+    c_int = sum(src)
+    if not src or c_int == 0:
+        src, c_int = [True] * max(m, 1), max(m, 1)   # no interior density to follow: spread evenly
+
+    def cum(u: float) -> float:       # fraction of interior computes in the first u (0..1) of the interior
+        pos = u * len(src)
+        whole = int(math.floor(pos + 1e-12))
+        got = sum(src[:whole])
+        if whole < len(src):
+            got += src[whole] * (pos - whole)
+        return got / c_int
+
+    out = ["F"] + ["s"] * m + ["F"]
+    prev = 0
+    for i in range(1, m + 1):
+        cur = int(math.floor(k_int * cum(i / m) + 0.5))
+        if cur > prev:
+            out[i] = "F"
+        prev = cur
+    for i, c in enumerate(out):     # keep EB-Cache's attention-only code where the source has it
+        if c == "F" and codes[min(n - 1, int((i + 0.5) * n / steps))] == "a":
+            out[i] = "a"
+    return "".join(out)
 
 
 def step_position(schedule: Sequence[float], sigma: float) -> Optional[float]:
@@ -137,7 +229,7 @@ def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[
     if mode == "paper":
         return step % settings.interval == 0
     if mode == "table":
-        return resample_table(parse_table(settings.table), steps)[step]
+        return _derive(parse_table_codes(settings.table), steps)[step] != "s"
     return None  # adaptive
 
 

@@ -59,6 +59,10 @@ class FamilySpec:
     has_diffusion_model_wrapper: bool = True
     unavailable: str | None = None  # set when no tiny recipe exists even if the runtime has the class
     notes: str = ""
+    # Further latent streams after the main one (shapes, batch first; the batch follows the main latent).
+    # Non-empty: TinyCase.latent is a comfy.nested_tensor.NestedTensor([main, *extra]) -- what ComfyUI's
+    # LTXVConcatAVLatent hands the sampler -- and sample() returns one too (ltx2: [video, audio]).
+    extra_latents: tuple = ()
 
 
 def _rand(g, *shape):
@@ -79,6 +83,12 @@ def _hunyuan_cond(g, shape):
 
 def _ltxv_cond(g, shape):
     return {"attention_mask": torch.ones(1, CTX_LEN, dtype=torch.long), "frame_rate": 25}
+
+
+def _ltx2_cond(g, shape):
+    # As comfy.text_encoders.lt (LTX-2 TE) emits it: raw per-token embeddings, no attention mask;
+    # model_base.LTXAV.extra_conds runs them through the model's own text connectors.
+    return {"unprocessed_ltxav_embeds": True, "frame_rate": 25}
 
 
 def _no_extras(g, shape):
@@ -188,12 +198,25 @@ _SPECS = [
                     use_rotary_positional_embeddings=True),
                (1, 16, 3, 8, 8), _no_extras,
                notes="ComfyUI >= 0.21; V_PREDICTION_DDPM (zsnr) -> flow=False"),
-    FamilySpec("ltx2", "LTXAV", "comfy.ldm.lightricks.av_model:LTXAVModel", {}, (1, 128, 2, 4, 4), _ltxv_cond,
-               unavailable="LTXAV is in this runtime but has no tiny recipe: its two text-embedding "
-                           "connectors (Embeddings1DConnector) are built at a fixed 3840 width x 2 layers "
-                           "(~0.7 B parameters) whatever the unet_config says, and the model takes a "
-                           "[video, audio] latent list; not built or verified here",
-               notes="x and the output are lists [video, audio] in LTXAVModel"),
+    FamilySpec("ltx2", "LTXAV", "comfy.ldm.lightricks.av_model:LTXAVModel",
+               dict(image_model="ltxav", in_channels=128, audio_in_channels=128, num_layers=1,
+                    num_attention_heads=2, attention_head_dim=32, cross_attention_dim=64,
+                    audio_num_attention_heads=2, audio_attention_head_dim=16, audio_cross_attention_dim=32,
+                    caption_channels=CTX, connector_num_attention_heads=2, connector_attention_head_dim=16,
+                    connector_num_layers=1, rope_type="split", frequencies_precision="float64"),
+               (1, 128, 2, 4, 4), _ltx2_cond, extra_latents=((1, 8, 4, 16),),
+               notes="LTX-2 audio+video. latent: NestedTensor([video (1,128,2,4,4), audio (1,8,4,16)]); the "
+                     "sampler packs it to (B,1,N) (APPLY_MODEL sees that), the DIFFUSION_MODEL gets x = "
+                     "[video, audio] and returns [video, audio]. Audio is 8 ch x 16 freq bins (fixed in "
+                     "LTXAVModel) -> audio_in_channels 128. Video 2x32=64 wide (= cross_attention_dim), audio "
+                     "2x16=32 (= audio_cross_attention_dim); the two text connectors (connector_* kwargs, "
+                     "passed through **kwargs) are 2x16=32 = caption_channels wide, 1 layer. cond: raw text "
+                     "embeddings + unprocessed_ltxav_embeds=True + frame_rate (no attention mask): "
+                     "extra_conds runs the connectors once per sampling call; they pad to 1024 tokens with "
+                     "learnable registers -> c_crossattn (1,1024,64) = [video 32 | audio 32]. So the 8 prompt "
+                     "tokens are 8 of 1024: cfg 1 vs 2 differs by only ~1e-7..1e-6 mean abs (never 0). "
+                     "~0.2-0.35 s per 6-step run (cross-attention over 1024 text tokens). latent_shape= in "
+                     "build() sets the video stream; the audio stream follows its batch"),
 ]
 
 FAMILIES: dict[str, FamilySpec] = {s.name: s for s in _SPECS}
@@ -220,7 +243,7 @@ def available(name: str) -> tuple[bool, str]:
 class TinyCase:
     name: str
     patcher: "comfy.model_patcher.ModelPatcher"  # noqa: F821
-    latent: torch.Tensor                      # zeros, batch 1, float32
+    latent: torch.Tensor                      # zeros, batch 1, float32 (NestedTensor: spec.extra_latents)
     positive: Callable[[int], list]           # seed -> CONDITIONING [[cross_attn, extras]]
     negative: Callable[[int], list]
     flow: bool                                # FLOW/CONST sampling (True) or VP eps/v (False)
@@ -281,12 +304,28 @@ def conditioning(name: str, seed: int) -> list:
     return _conditioning(spec, spec.latent_shape, seed)
 
 
+def _zeros_latent(spec: FamilySpec, shape: tuple):
+    """torch.zeros(shape), or a comfy NestedTensor [main, *extra streams] for multi-stream families."""
+    if not spec.extra_latents:
+        return torch.zeros(shape)
+    import comfy.nested_tensor
+
+    return comfy.nested_tensor.NestedTensor([torch.zeros(shape)] +
+                                            [torch.zeros((shape[0],) + tuple(s[1:])) for s in spec.extra_latents])
+
+
+def streams(latent) -> list:
+    """The tensors of a latent: [latent] for a tensor, [video, audio, ...] for a NestedTensor (ltx2)."""
+    return list(latent.unbind()) if getattr(latent, "is_nested", False) else [latent]
+
+
 def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, overrides: dict | None = None,
           latent_shape: tuple | None = None) -> TinyCase:
     """A tiny random-weight ComfyUI model of family ``name`` wrapped in a CPU ModelPatcher.
 
     ``overrides`` change constructor parameters (e.g. a larger hidden size for speed benchmarks);
-    ``latent_shape`` changes the latent (batch first)."""
+    ``latent_shape`` changes the latent (batch first; the first stream of a NestedTensor latent, the other
+    streams take its batch size)."""
     ok, reason = available(name)
     if not ok:
         raise RuntimeError(f"tiny model family {name!r} unavailable: {reason}")
@@ -307,7 +346,7 @@ def build(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, override
     return TinyCase(
         name=name,
         patcher=patcher,
-        latent=torch.zeros(shape),
+        latent=_zeros_latent(spec, shape),
         positive=lambda s: _conditioning(spec, shape, 2 * s),
         negative=lambda s: _conditioning(spec, shape, 2 * s + 1),
         flow=isinstance(model.model_sampling, comfy.model_sampling.CONST),

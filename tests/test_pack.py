@@ -68,7 +68,9 @@ def test_every_input_and_output_has_a_tooltip(pack):
     from devtools.pack import load_nodes
 
     n = load_nodes()
-    for node in (n.ABCacheNode, n.ABCacheAdvancedNode):
+    node_list = asyncio.run(n.ABCacheExtension().get_node_list())
+    assert {c.define_schema().node_id for c in node_list} >= {"ABCache", "ABCacheAdvanced", "ABCacheReport"}
+    for node in node_list:
         schema = node.define_schema()
         for inp in schema.inputs:
             assert inp.tooltip and len(inp.tooltip) > 10, (schema.node_id, inp.id)
