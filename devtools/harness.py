@@ -57,9 +57,10 @@ def with_spy(model, level: Optional[str] = None):
         spy.schedules.append([float(v) for v in ss.flatten()] if isinstance(ss, torch.Tensor) else [])
         spy.uuids.append(len(to.get("uuids") or []))
         x = args[0] if args else None
-        before = x.clone() if isinstance(x, torch.Tensor) else None
+        parts = [x] if isinstance(x, torch.Tensor) else [p for p in (x or []) if isinstance(p, torch.Tensor)]
+        before = [p.clone() for p in parts]   # LTX-2 passes a [video, audio] list
         out = executor(*args, **kwargs)
-        if before is not None and not torch.equal(before, x):
+        if not all(torch.equal(b, p) for b, p in zip(before, parts)):
             spy.inputs_intact = False
         return out
 

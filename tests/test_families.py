@@ -32,6 +32,12 @@ def _case(tm, name, **kw):
     return tm.build(name, **kw)
 
 
+def _equal(tm, a, b):
+    """torch.equal over every stream (ltx2 latents are comfy NestedTensors)."""
+    sa, sb = tm.streams(a), tm.streams(b)
+    return len(sa) == len(sb) and all(torch.equal(x, y) for x, y in zip(sa, sb))
+
+
 def _spied(comfy, case):
     """A clone of case.patcher counting rows that reach the DIFFUSION_MODEL and APPLY_MODEL wrappers."""
     wp = comfy.patcher_extension.WrappersMP
@@ -68,14 +74,14 @@ def test_family_samples(comfy, tm, name):
     case = _case(tm, name)
     spec = case.spec
     assert case.latent.shape == spec.latent_shape and case.latent.shape[0] == 1
-    assert not case.latent.any()
+    assert not any(t.any() for t in tm.streams(case.latent))   # ltx2: NestedTensor [video, audio]
     assert case.flow == (name not in VP_FAMILIES)
 
     patcher, seen = _spied(comfy, case)
     out = tm.sample(case, steps=STEPS, cfg=2.0, patcher=patcher)
 
-    assert out.shape == case.latent.shape
-    assert torch.isfinite(out).all()
+    assert [o.shape for o in tm.streams(out)] == [t.shape for t in tm.streams(case.latent)]
+    assert all(torch.isfinite(o).all() for o in tm.streams(out))
     # euler: one evaluation per step, cond + uncond rows each time (batched or not).
     assert sum(s[0] for s in seen["apply"]) == 2 * STEPS
     if case.has_diffusion_model_wrapper:
@@ -85,7 +91,7 @@ def test_family_samples(comfy, tm, name):
         assert {s[2:] for s in seen["diffusion"]} == {tuple(case.latent.shape[2:])}
     else:
         assert seen["diffusion"] == []      # sd3: its forward has no DIFFUSION_MODEL WrapperExecutor
-    assert out.dtype == torch.float32
+    assert all(o.dtype == torch.float32 for o in tm.streams(out))
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -101,8 +107,8 @@ def test_family_deterministic(comfy, tm, name):
     out1 = tm.sample(a, steps=STEPS, cfg=2.0, seed=11)
     out2 = tm.sample(b, steps=STEPS, cfg=2.0, seed=11)
     out3 = tm.sample(a, steps=STEPS, cfg=2.0, seed=12)
-    assert torch.equal(out1, out2)
-    assert not torch.equal(out1, out3)
+    assert _equal(tm, out1, out2)
+    assert not _equal(tm, out1, out3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -111,7 +117,8 @@ def test_family_low_precision(comfy, tm, name, dtype):
     case = _case(tm, name, dtype=dtype)
     assert case.patcher.model.get_dtype() == dtype
     out = tm.sample(case, steps=3, cfg=2.0)
-    assert out.shape == case.latent.shape and torch.isfinite(out).all()
+    assert [o.shape for o in tm.streams(out)] == [t.shape for t in tm.streams(case.latent)]
+    assert all(torch.isfinite(o).all() for o in tm.streams(out))
 
 
 @pytest.mark.parametrize("name", ["flux_dev", "wan21_i2v", "sd3", "sd15"])
