@@ -1,66 +1,133 @@
-"""The main job: sample a FLUX-architecture model through ComfyUI's real sampler with and without AB-Cache.
+"""The main job: a trained FLUX-architecture model sampled through a real headless ComfyUI, with and without
+AB-Cache, side by side.
 
-    bash devtools/run.sh demo            # or: .venv/bin/python -m devtools.demo [--steps 28]
+    bash devtools/run.sh demo            # fresh machine: sets up .venv and the ComfyUI runtime first
+    .venv/bin/python -m devtools.demo    # afterwards
 
-Prints real model calls, wall-clock time (median of repeats, both measured side by side in this process)
-and how far the cached result is from the full-compute result. The model is ComfyUI's own ``Flux`` class
-with random weights (no checkpoint is needed), large enough that the forward pass dominates.
+The model is ComfyUI's own ``Flux`` class trained on hand-written digits (benchmarks/train_tiny_flux.py),
+loaded through ComfyUI's model config. The demo queues two API-format graphs on a headless ComfyUI server
+(``main.py --cpu``): ten KSamplers (digits 0-9, 4 seeds each; euler, 50 steps, cfg 3) on the plain model,
+then the same graph with the AB-Cache node (its defaults) between the model and the samplers, plus the
+AB-Cache Report node. It prints model calls, wall-clock speed-up (ComfyUI's own execution timestamps) and
+PSNR/SSIM against the uncached images, and writes into ``demo_output/`` (or ``--out``):
+``side_by_side.png`` (top: full compute, bottom: AB-Cache) and ``report.png`` (the Report node's plot).
+The setting is the benchmark's "euler 50 steps, cfg 3" row for "AB-Cache fixed k=2, interval 4", with the
+same classes and seeds, so the numbers match docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import re
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+HELPER = REPO / "tests" / "helper_pack" / "ab_test_nodes"
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
+
+CLASSES = range(10)
+SEEDS = 4          # images per class (latent batch), noise seed 1000 + class: as benchmarks/run.py
+
+
+def graph(cached: bool, steps: int, cfg: float, order: int, interval: int, warmup: int, tag: str) -> dict:
+    g = {"model": {"class_type": "ABTest_TrainedFlux", "inputs": {"batch_size": SEEDS}},
+         "null": {"class_type": "ABTest_DigitConditioning", "inputs": {"digit": 10}}}
+    model = ["model", 0]
+    if cached:
+        g["abcache"] = {"class_type": "ABCache", "inputs": {"model": model, "order": order, "interval": interval,
+                                                            "warmup": warmup}}
+        model = ["abcache", 0]
+    for c in CLASSES:
+        g[f"cond{c}"] = {"class_type": "ABTest_DigitConditioning", "inputs": {"digit": c}}
+        g[f"ks{c}"] = {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": [f"cond{c}", 0], "negative": ["null", 0], "latent_image": ["model", 1],
+            "seed": 1000 + c, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+            "denoise": 1.0}}
+        g[f"save{c}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"ks{c}", 0],
+                                                                 "filename_prefix": f"{tag}/digit{c}"}}
+    if cached:
+        g["report"] = {"class_type": "ABCacheReport", "inputs": {"model": model, "after": ["ks9", 0]}}
+        g["save_report"] = {"class_type": "SaveImage", "inputs": {"images": ["report", 0],
+                                                                  "filename_prefix": f"{tag}/report"}}
+    return g
+
+
+def _exec_seconds(entry: dict) -> float:
+    ts = {m[0]: m[1].get("timestamp") for m in entry["status"]["messages"] if isinstance(m[1], dict)}
+    return (ts["execution_success"] - ts["execution_start"]) / 1000.0
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=28)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cfg", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--cfg", type=float, default=3.0)
+    ap.add_argument("--order", type=int, default=2)
+    ap.add_argument("--interval", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPO / "demo_output")
     args = ap.parse_args(argv)
 
+    from tqdm import tqdm
+
+    bar = tqdm(total=6, desc="AB-Cache demo", unit="stage", file=sys.stdout)
     from devtools import runtime
 
+    bar.set_postfix_str("ComfyUI runtime")
     runtime.activate(cpu=True)
+    import numpy as np
     import torch
+    from PIL import Image
+    from safetensors.torch import load_file
 
-    from devtools import harness, tiny_models
-    from devtools.pack import load_nodes
+    from benchmarks.run import psnr_ssim
+    from devtools import trained_flux
+    from devtools.server import ComfyServer
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    n = load_nodes()
-    case = tiny_models.build("flux_dev", seed=0, overrides=dict(hidden_size=256, num_heads=4, depth=2,
-                                                                 depth_single_blocks=2, axes_dim=[16, 24, 24]),
-                             latent_shape=(1, 16, 32, 32))
-    pos, neg = case.positive(1), case.negative(2)
-    variants = {
-        "full compute": case.patcher,
-        "AB-Cache (defaults)": n.ABCacheNode.execute(case.patcher, 2, 4, 3)[0],
-    }
-    results = {}
-    for name, model in variants.items():
-        m, spy = harness.with_spy(model)
-        times, out = [], None
-        for _ in range(args.repeats):
-            spy.sigmas.clear()
-            t0 = time.perf_counter()
-            out = harness.sample(m, case.latent, pos, neg, steps=args.steps, cfg=args.cfg)
-            times.append(time.perf_counter() - t0)
-        results[name] = (spy.calls, statistics.median(times), out)
-    ref_calls, ref_t, ref = results["full compute"]
-    print(f"\nFLUX-architecture model (ComfyUI Flux class, random weights), {args.steps} steps euler, "
-          f"cfg {args.cfg}, latent {tuple(case.latent.shape)}, ComfyUI {runtime.comfyui_version()}")
-    print(f"{'variant':24s} {'model calls':>11s} {'time (s)':>9s} {'speedup':>8s} {'rel. diff':>10s}")
-    for name, (calls, t, out) in results.items():
-        rel = float((out - ref).norm() / ref.norm())
-        print(f"{name:24s} {calls:11d} {t:9.2f} {ref_t / t:8.2f} {rel:10.2e}")
+    bar.update()
+    bar.set_postfix_str("starting headless ComfyUI")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with ComfyServer({"ab-cache": REPO, "ab_test_nodes": HELPER}, extra_args=["--cache-none"]) as srv:
+        bar.update()
+        results = {}
+        for tag, cached in (("full", False), ("abcache", True)):
+            bar.set_postfix_str(f"sampling ({tag})")
+            entry = srv.run(graph(cached, args.steps, args.cfg, args.order, args.interval, args.warmup, tag),
+                            timeout=1200)
+            lat = [load_file(str(srv.base / "output" / entry["outputs"][f"save{c}"]["latents"][0]["subfolder"] /
+                                 entry["outputs"][f"save{c}"]["latents"][0]["filename"]))["latent_tensor"]
+                   for c in CLASSES]
+            results[tag] = (torch.cat(lat), _exec_seconds(entry), entry)
+            bar.update()
+        log = srv.log_text()
+        bar.set_postfix_str("metrics and pictures")
+        calls = [tuple(map(int, m)) for m in re.findall(r"AB-Cache: computed (\d+)/(\d+) model calls", log)]
+        rep = results["abcache"][2]["outputs"]["save_report"]["images"][0]
+        report_src = srv.base / "output" / rep["subfolder"] / rep["filename"]
+        Image.open(report_src).save(args.out / "report.png")
+
+    full_img = trained_flux.decode_gray(results["full"][0])
+    ab_img = trained_flux.decode_gray(results["abcache"][0])
+    psnr, ssim = psnr_ssim(full_img, ab_img)
+    # side by side: one image per class (first seed); top row full compute, bottom row AB-Cache
+    pick = [c * SEEDS for c in CLASSES]
+    top = torch.cat([full_img[i] for i in pick], dim=1)
+    bottom = torch.cat([ab_img[i] for i in pick], dim=1)
+    grid = (torch.cat([top, torch.ones(2, top.shape[1]), bottom]).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(args.out / "side_by_side.png")
+    bar.update()
+    bar.close()
+
+    computed = sum(c for c, _ in calls)
+    total = sum(t for _, t in calls)
+    t_full, t_ab = results["full"][1], results["abcache"][1]
+    print(f"\nAB-Cache demo: trained FLUX-architecture model (ComfyUI Flux class), digits 0-9 x {SEEDS} seeds, "
+          f"euler {args.steps} steps, cfg {args.cfg}, ComfyUI {runtime.comfyui_version()} headless on CPU")
+    print(f"  model calls   full {total}  ->  AB-Cache {computed}   ({total / max(computed, 1):.2f}x fewer)")
+    print(f"  wall clock    full {t_full:.1f} s  ->  AB-Cache {t_ab:.1f} s   ({t_full / t_ab:.2f}x faster)")
+    print(f"  fidelity      PSNR {psnr:.1f} dB, SSIM {ssim:.4f} against the full-compute images")
+    print(f"  pictures      {args.out / 'side_by_side.png'}  {args.out / 'report.png'}")
     return 0
 
 

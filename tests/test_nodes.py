@@ -251,3 +251,49 @@ def test_report_node_plots_the_last_run(env):
     recs = m.model_options["transformer_options"]["ab_cache"].sink.last["records"]
     changes = [r["change"] for r in recs if r["computed"]]
     assert all(math.isfinite(c) and c >= 0 for c in changes[1:])  # the U curve: one value per computed step
+
+
+def test_concurrent_chunks_from_several_threads(env):
+    """Multi-GPU work units (ComfyUI >= 0.23) call the wrapper from several threads with different
+    conditionings: per-chunk results must equal a sequential run, and the run's records stay consistent."""
+    import sys
+    import threading
+    import uuid
+
+    from abcache_core import CacheSettings
+
+    w = sys.modules[env.nodes.__name__ + ".wrappers"]
+    sched = [1.0 - i / 12 for i in range(13)]
+    uuids = [uuid.uuid4() for _ in range(4)]
+
+    def forward_for(u):
+        def f(x, sigma):
+            g = torch.Generator().manual_seed(uuids.index(u))
+            return x * sigma + torch.randn(x.shape, generator=g) * (1 - sigma) ** 2
+        return f
+
+    def drive(active, u, out):
+        x = torch.ones(1, 4, 4, 4) * (uuids.index(u) + 1)
+        for s in sched[:-1]:
+            to = {"sigmas": torch.tensor([s]), "uuids": [u], "cond_or_uncond": [0]}
+            out.append(w._cached_call(active, to, x, lambda: forward_for(u)(x, s), space="raw"))
+
+    def run(threaded):
+        spec = w.CacheSpec(CacheSettings(order=2, interval=3, warmup=2), "sigma", False, None)
+        active = w.ActiveRun(spec, spec.settings, sched, "diffusion_model")
+        outs = {u: [] for u in uuids}
+        if threaded:
+            ts = [threading.Thread(target=drive, args=(active, u, outs[u])) for u in uuids]
+            [t.start() for t in ts]
+            [t.join() for t in ts]
+        else:
+            for u in uuids:
+                drive(active, u, outs[u])
+        return outs, active
+
+    seq, _ = run(False)
+    par, active = run(True)
+    for u in uuids:
+        assert all(torch.equal(a, b) for a, b in zip(seq[u], par[u]))
+    computed = sum(r.computed for r in active.run.records)
+    assert computed == 4 * 6  # steps 0,1,2,5,8,11 for each of the 4 chunks
