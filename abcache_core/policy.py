@@ -27,7 +27,7 @@ import functools
 import math
 from typing import Optional, Sequence
 
-from .exposure import EXPOSURE_APPLY, validate_exposure
+from .exposure import validate_exposure
 from .weights import MAX_ORDER
 
 MODES = ("fixed", "adaptive", "table", "paper")

@@ -87,8 +87,15 @@ class CacheRun:
         return sigma_to_coordinate(sigma, self.settings.coordinate, self.schedule)
 
     # ------------------------------------------------------------------ decisions
-    def decide(self, sigma: float, keys: Iterable[Hashable], device=None) -> Decision:
-        """Compute or skip this model call. On skip, ``predictions`` holds one new tensor per key."""
+    def decide(self, sigma: float, keys: Iterable[Hashable], device=None, predict: bool = True) -> Decision:
+        """Compute or skip this model call. On skip, ``predictions`` holds one new tensor per key.
+
+        ``predict=False`` (not in adaptive mode, whose decision needs the predictions): a skip decision
+        carries no predictions; the caller asks :meth:`predict` for each key when it needs it (the block
+        cache, which extrapolates one block at a time) and must compute whatever it gets None for.
+        """
+        if not predict and self.settings.mode == "adaptive":
+            raise ValueError("adaptive mode decides on its predictions: call decide() with predict=True")
         sigma = float(sigma)
         keys = list(keys)
         with self._lock:
@@ -112,7 +119,9 @@ class CacheRun:
                 return self._computed(pos, sigma, "warming history", level)
             target = self.coordinate(sigma)
             preds, orders, err = {}, [], float("nan")
-            for k, h in zip(keys, hists):
+            if not predict:
+                orders = [min(self.settings.order, len(h)) for h in hists]
+            for k, h in zip(keys, hists if predict else ()):
                 p = self._predict(h, target, sigma, device, want_estimate=self.settings.mode == "adaptive")
                 if p is None:
                     return self._computed(pos, sigma, "unsafe prediction", level)
@@ -133,6 +142,25 @@ class CacheRun:
             self._last_coord = target
             self.records.append(CallRecord(pos, sigma, False, min(orders), err, "extrapolated"))
             return Decision(True, preds, min(orders), err, "extrapolated")
+
+    def predict(self, sigma: float, key: Hashable, device=None) -> Optional[torch.Tensor]:
+        """Extrapolation of ``key``'s history at ``sigma`` (a new tensor), or None when none is safe."""
+        with self._lock:
+            h = self._hist.get(key)
+            if not h:
+                return None
+            p = self._predict(h, self.coordinate(float(sigma)), float(sigma), device, want_estimate=False)
+        return None if p is None else p[0]
+
+    def mark(self) -> int:
+        """A position in the decision log, for :meth:`extrapolated_since`."""
+        with self._lock:
+            return len(self.records)
+
+    def extrapolated_since(self, mark: int) -> bool:
+        """True when a call decided after ``mark`` (from :meth:`mark`) was extrapolated, not computed."""
+        with self._lock:
+            return any(not r.computed for r in self.records[mark:])
 
     def _computed(self, pos, sigma, reason, level=None) -> Decision:
         if level is not None and level not in self._decided:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from ..abcache_core import COORDINATES, CacheSettings
+from ..abcache_core import COORDINATES, EXPOSURE_APPLY, CacheSettings
+from .blocks import ABCacheFluxBlocksNode
 from .report import ABCacheReportNode
 from .wrappers import TelemetrySink, apply_ab_cache
 
@@ -38,11 +39,20 @@ _TIPS = {
     "start_percent": "Skipping is allowed only from this fraction of the steps on (0 = from the first step).",
     "end_percent": "Skipping stops at this fraction of the steps (1 = until the end).",
     "final_steps": "Number of last steps that always run the model (they set the fine detail).",
-    "table": "table mode: one character per step, F or 1 = run the model, s or 0 = extrapolate, e.g. "
-             "'FFFFFsFsFsF'. A table written for another step count is stretched to fit.",
+    "table": "table mode: one character per step, F or 1 = run the model, s, 0 or 2 = extrapolate, e.g. "
+             "'FFFFFsFsFsF' (EB-Cache's 'a', reuse attention only, runs the model here). 'eb50' = EB-Cache's "
+             "published 50-step table (34 of 50 steps run). A table written for another step count is "
+             "derived for the schedule: first and last step run, same fraction of steps run, same density "
+             "along the schedule.",
     "cache_device": "Where the cached outputs are kept: 'same' as the model (fastest) or 'cpu' (saves GPU "
                     "memory on long videos).",
     "verbose": "Log one line per model call (computed or extrapolated) to the console.",
+    "exposure_delta": "Exposure-bias compensation (EB-Cache): the model's noise estimate is divided by this "
+                      "value, in the right space for flow and for eps/v models, so 0.965 enlarges it by 3.6% "
+                      "(EB-Cache's value for 50-step DiT). Counters the over-clean intermediate states that "
+                      "skipped steps cause. 1 = off (bit-identical).",
+    "exposure_apply": "Where exposure_delta applies: 'extrapolated' = only on steps whose output was "
+                      "extrapolated; 'all' = on every model call (as EB-Cache does).",
 }
 
 
@@ -97,31 +107,40 @@ class ABCacheAdvancedNode(io.ComfyNode):
                 io.String.Input("table", default="", multiline=False, tooltip=_TIPS["table"]),
                 io.Combo.Input("cache_device", options=["same", "cpu"], default="same", tooltip=_TIPS["cache_device"]),
                 io.Boolean.Input("verbose", default=False, tooltip=_TIPS["verbose"]),
+                # appended: saved workflows map widget values by position; optional, so API prompts
+                # written before these inputs existed still validate and get the defaults
+                io.Float.Input("exposure_delta", default=1.0, min=0.8, max=1.2, step=0.001, optional=True,
+                               tooltip=_TIPS["exposure_delta"]),
+                io.Combo.Input("exposure_apply", options=list(EXPOSURE_APPLY), default="extrapolated",
+                               optional=True, tooltip=_TIPS["exposure_apply"]),
             ],
             outputs=[io.Model.Output(tooltip="The model with AB-Cache attached. Connect it to the sampler.")],
         )
 
     @classmethod
     def validate_inputs(cls, mode="fixed", order=2, start_percent=0.0, end_percent=1.0, table="", tolerance=0.0,
-                        coordinate="auto", **kwargs):
+                        coordinate="auto", exposure_delta=1.0, exposure_apply="extrapolated", **kwargs):
         try:
             _check_coordinate(coordinate)
-            _advanced_settings(mode, order, 4, 3, tolerance, 3, start_percent, end_percent, 1, table, "same")
+            _advanced_settings(mode, order, 4, 3, tolerance, 3, start_percent, end_percent, 1, table, "same",
+                               exposure_delta, exposure_apply)
         except ValueError as e:
             return str(e)
         return True
 
     @classmethod
     def execute(cls, model, order, interval, warmup, mode, coordinate, tolerance, max_skips, start_percent,
-                end_percent, final_steps, table, cache_device, verbose) -> io.NodeOutput:
+                end_percent, final_steps, table, cache_device, verbose, exposure_delta=1.0,
+                exposure_apply="extrapolated") -> io.NodeOutput:
         settings = _advanced_settings(mode, order, interval, warmup, tolerance, max_skips, start_percent,
-                                      end_percent, final_steps, table, cache_device)
+                                      end_percent, final_steps, table, cache_device, exposure_delta, exposure_apply)
         return io.NodeOutput(apply_ab_cache(model, settings, coordinate=_check_coordinate(coordinate), verbose=bool(verbose),
                                             sink=TelemetrySink()))
 
 
 def _advanced_settings(mode, order, interval, warmup, tolerance, max_skips, start_percent, end_percent,
-                       final_steps, table, cache_device) -> CacheSettings:
+                       final_steps, table, cache_device, exposure_delta=1.0,
+                       exposure_apply="extrapolated") -> CacheSettings:
     if cache_device not in ("same", "cpu"):
         raise ValueError(f"cache_device must be 'same' or 'cpu', got {cache_device!r}")
     return _checked(CacheSettings(
@@ -129,6 +148,8 @@ def _advanced_settings(mode, order, interval, warmup, tolerance, max_skips, star
         tolerance=float(tolerance), max_skips=int(max_skips), start_percent=float(start_percent),
         end_percent=float(end_percent), final_steps=int(final_steps), table=str(table or ""),
         offload=cache_device == "cpu",
+        exposure_delta=float(1.0 if exposure_delta is None else exposure_delta),
+        exposure_apply=str(exposure_apply or "extrapolated"),
         coordinate="sigma",  # placeholder; the node's coordinate input is resolved per model at run time
     ))
 
@@ -148,4 +169,4 @@ def _checked(settings: CacheSettings) -> CacheSettings:
 
 class ABCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ABCacheNode, ABCacheAdvancedNode, ABCacheReportNode]
+        return [ABCacheNode, ABCacheAdvancedNode, ABCacheReportNode, ABCacheFluxBlocksNode]

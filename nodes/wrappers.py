@@ -9,6 +9,8 @@
                      whose forward has no DIFFUSION_MODEL hook (SD3, Mochi, PixArt, HunyuanDiT, ...).
                      It also detects at run time that a DIFFUSION_MODEL wrapper never fired and takes over,
                      so no model is silently left uncached.
+                     It is also where the optional exposure-bias compensation (EB-Cache's ε/δ, see
+                     abcache_core/exposure.py) rescales the denoised output, on extrapolated calls or on all.
 
 Nothing here writes into a tensor it did not allocate: predictions are new tensors and history entries
 are clones of the model output.
@@ -25,17 +27,18 @@ import torch
 import comfy.model_patcher
 import comfy.patcher_extension as pe
 
-from ..abcache_core import CacheRun, CacheSettings, plan
+from ..abcache_core import CacheRun, CacheSettings, plan, rescale_denoised
 
 KEY = "ab_cache"
 LOG = logging.getLogger("ab_cache")
-# ComfyUI's own step caches; two step caches on one model would skip twice and corrupt each other's state.
-OTHER_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}
+# ComfyUI's own step caches (EasyCache and LazyCache both store their holder under "easycache"); two step
+# caches on one model would skip twice and corrupt each other's state.
+OTHER_CACHE_KEYS = ("easycache", "lazycache", "ab_cache_blocks")  # ab_cache_blocks: nodes/blocks.py
 
 
 def other_caches(model_options: dict) -> list[str]:
     to = model_options.get("transformer_options", {})
-    return [name for key, name in OTHER_CACHES.items() if key in to]
+    return sorted({str(getattr(to[k], "name", k)) for k in OTHER_CACHE_KEYS if k in to})
 
 
 class TelemetrySink:
@@ -90,6 +93,7 @@ class ActiveRun:
         self.spec = spec
         self.run = CacheRun(settings, schedule)
         self.level = level                     # "diffusion_model" or "apply_model"
+        self.flow = False                      # CONST (flow) model sampling: the exposure rescale's space
         self.lock = threading.Lock()
         self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
         self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
@@ -151,6 +155,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
     active = ActiveRun(spec, settings, schedule, level)
+    active.flow = is_flow(model.model_sampling)
     _warn_if_nothing_to_skip(settings, len(schedule) - 1)
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
     guider.model_options["transformer_options"][KEY] = active
@@ -208,6 +213,7 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
     active = to.get(KEY) if to is not None else None
     if not isinstance(active, ActiveRun):
         return executor(x, t, *args, **kwargs)
+    mark = active.run.mark()
     if active.level == "diffusion_model":
         with active.lock:
             before = active.dm_calls
@@ -219,8 +225,25 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
         if missed:
             LOG.warning("AB-Cache: %s runs no DIFFUSION_MODEL wrappers; caching at the apply_model level instead",
                         type(executor.class_obj.diffusion_model).__name__ if executor.class_obj is not None else "model")
+    else:
+        out = _cached_call(active, to, x, lambda: executor(x, t, *args, **kwargs), space="denoised", t=t)
+    return apply_exposure(active.run, active.flow, x, t, out, mark)
+
+
+def apply_exposure(run: CacheRun, flow: bool, x, t, out, mark: int):
+    """EB-Cache's exposure-bias compensation on one apply_model output (denoised D at noise level t).
+
+    D is rescaled (ε -> ε/δ at fixed x; abcache_core/exposure.py) when δ != 1 and either the settings say
+    'all' or a call decided since ``mark`` was extrapolated. δ = 1 returns ``out`` itself.
+    """
+    s = run.settings
+    if s.exposure_delta == 1.0 or not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
         return out
-    return _cached_call(active, to, x, lambda: executor(x, t, *args, **kwargs), space="denoised", t=t)
+    if s.exposure_apply != "all" and not run.extrapolated_since(mark):
+        return out
+    if x.shape != out.shape or not isinstance(t, torch.Tensor) or t.numel() not in (1, out.shape[0]):
+        return out
+    return rescale_denoised(x, out, t.detach(), s.exposure_delta, flow)
 
 
 def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):

@@ -1,0 +1,448 @@
+"""Block-level caching for FLUX-family models (EB-Cache / FORA style) through ComfyUI's public block hooks.
+
+FLUX (``comfy.ldm.flux.model.Flux``: FLUX.1 dev/schnell/Kontext) and Chroma call every transformer block
+through ``transformer_options["patches_replace"]["dit"][("double_block", i)]`` and
+``[("single_block", i)]`` when a replacement is registered. The replacement receives
+``args = {"img", "txt" (double only), "vec", "pe", "attn_mask", "transformer_options"}`` and
+``extra = {"original_block": f}``, where ``f(args)`` runs the real block and returns ``{"img", "txt"}``
+(double) or ``{"img"}`` (single, whose img is the concatenated [txt, img] stream); the replacement returns
+the same dict. Blocks are numbered in execution order: double blocks 0..D-1, then single blocks D.. .
+
+Per model call (one DIFFUSION_MODEL call, all conditioning chunks batched):
+* computed step (per the table/interval): every block runs; for each block at position >= compute_blocks
+  and each conditioning chunk, the residual the block adds (out - in, per stream) is stored;
+* skipped step: the first ``compute_blocks`` blocks run; every later block returns
+  ``in + r̂``, r̂ = the stored residuals extrapolated to this σ (order 1 = reuse, as FORA/EB-Cache;
+  order 2 = linear in σ; Lagrange weights on the computed steps, abcache_core.CacheRun). A block whose
+  residual has no safe extrapolation runs for real. Embeddings, RoPE and the final layer always run.
+
+What the hooks cannot do (see docs/EB_CACHE.md): EB-Cache caches a block's attention and MLP outputs
+separately, before gating, and re-applies them with adaLN gates recomputed from the current timestep (and
+its code ``a`` reuses attention while recomputing the MLP). The dit hooks see a block only as a whole
+(input -> output), so that needs a copy of the block forward. Here a whole block's residual is reused,
+gates included, and EB-Cache's ``a`` runs the step in full.
+
+Per-run state lives in a :class:`BlockRun` created by an OUTER_SAMPLE wrapper for each sampling call and
+released in its ``finally``; the model carries only a frozen, configuration-only :class:`BlockCacheSpec`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from typing import Any, Optional
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_patcher
+import comfy.patcher_extension as pe
+
+from ..abcache_core import EXPOSURE_APPLY, MAX_ORDER, CacheRun, CacheSettings, plan
+from .wrappers import (
+    KEY,
+    OTHER_CACHE_KEYS,
+    TelemetrySink,
+    _split,
+    _window_key,
+    apply_exposure,
+    find_transformer_options,
+    is_flow,
+)
+
+KEY_BLOCKS = "ab_cache_blocks"
+LOG = logging.getLogger("ab_cache")
+CATEGORY = "model_patches/ab_cache"
+NAME = "AB-Cache FLUX blocks"
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclasses.dataclass(frozen=True)
+class BlockCacheSpec:
+    """What the node stores on the model: configuration only (deep-copy safe)."""
+
+    settings: CacheSettings        # mode fixed/table, order, interval, warm-up, table, offload, exposure
+    compute_blocks: int = 1        # first blocks (execution order) that run on every step
+    sink: Any = None               # TelemetrySink (shared) or None
+    name: str = NAME               # how other step caches name it in their messages
+
+    def resolve(self, model_sampling) -> CacheSettings:
+        return dataclasses.replace(self.settings, coordinate="sigma" if is_flow(model_sampling) else "lambda")
+
+
+def flux_family_classes() -> tuple:
+    """The diffusion-model classes whose forward calls the dit double/single block hooks used here."""
+    import comfy.ldm.flux.model
+
+    classes = [comfy.ldm.flux.model.Flux]
+    try:
+        import comfy.ldm.chroma.model
+
+        classes.append(comfy.ldm.chroma.model.Chroma)
+    except Exception:  # runtimes without Chroma
+        pass
+    return tuple(classes)
+
+
+def block_counts(diffusion_model) -> tuple[int, int]:
+    return len(diffusion_model.double_blocks), len(diffusion_model.single_blocks)
+
+
+# -------------------------------------------------------------------------------------- run state
+class _Call:
+    """One DIFFUSION_MODEL call: what the block hooks need to know."""
+
+    def __init__(self, sigma: float, uuids: list, wkey, skip: bool):
+        self.sigma = sigma
+        self.uuids = uuids
+        self.n = len(uuids)
+        self.wkey = wkey
+        self.skip = skip
+        self.rec: dict = {}          # computed call: key -> residual chunk
+        self.seen: list = []         # computed call: (block name, streams) of the stored blocks, in order
+        self.record_ok = True
+        self.reused = 0              # skipped call: blocks replaced by extrapolated residuals
+        self.fallback = 0            # skipped call: blocks that had to run (no safe extrapolation)
+
+
+class BlockRun:
+    """Per-sampling-call state shared by the wrappers and the block hooks of one run."""
+
+    name = NAME
+
+    def __init__(self, spec: BlockCacheSpec, settings: CacheSettings, schedule, n_double: int, flow: bool):
+        self.spec = spec
+        self.run = CacheRun(settings, schedule)
+        self.n_double = n_double
+        self.flow = flow
+        self.lock = threading.Lock()
+        self.call: Optional[_Call] = None
+        self.tail: tuple = ()        # (block name, streams) after compute_blocks, from the last computed call
+        self.signatures: dict = {}   # (uuid, window) -> input signature its history was recorded for
+        self.calls = 0
+        self.blocks_run = 0          # block evaluations (hooked blocks only)
+        self.blocks_reused = 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ----------------------------------------------------------------------------------------- wrappers
+def _other_caches(model_options: dict) -> list[str]:
+    to = model_options.get("transformer_options", {})
+    found = sorted({str(getattr(to[k], "name", k)) for k in OTHER_CACHE_KEYS if k in to and k != KEY_BLOCKS})
+    return found + (["AB-Cache"] if KEY in to else [])
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    guider = executor.class_obj
+    orig = guider.model_options
+    spec = orig.get("transformer_options", {}).get(KEY_BLOCKS)
+    if not isinstance(spec, BlockCacheSpec):
+        return executor(*args, **kwargs)
+    others = _other_caches(orig)
+    if others:
+        LOG.warning("%s: %s is also attached to this model; block caching is bypassed for this run so that steps "
+                    "are not skipped twice. Use one step cache per model.", NAME, " and ".join(others))
+        return executor(*args, **kwargs)
+    sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+    model = guider.model_patcher.model
+    settings = spec.resolve(model.model_sampling)
+    schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
+    n_double, _ = block_counts(model.diffusion_model)
+    active = BlockRun(spec, settings, schedule, n_double, is_flow(model.model_sampling))
+    steps = len(schedule) - 1
+    if steps > 0 and all(plan(settings, steps)):
+        LOG.warning("%s: with %d steps nothing can be skipped (mode %s); every step runs all blocks.",
+                    NAME, steps, settings.mode)
+    guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
+    guider.model_options["transformer_options"][KEY_BLOCKS] = active
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = orig
+        _finish(active)
+
+
+def _finish(active: BlockRun) -> None:
+    run = active.run
+    try:
+        s = run.summary()
+        total = active.blocks_run + active.blocks_reused
+        LOG.info("%s: computed %d/%d model calls in full (%d first blocks always); %d of %d block evaluations "
+                 "reused (%.2fx fewer) [%s, order %d]", NAME, s["computed"], s["calls"], active.spec.compute_blocks,
+                 active.blocks_reused, total, total / active.blocks_run if active.blocks_run else 1.0,
+                 run.settings.mode, run.settings.order)
+        if active.spec.sink is not None:
+            active.spec.sink.put({
+                "summary": s,
+                "settings": dataclasses.asdict(run.settings),
+                "schedule": list(run.schedule),
+                "level": "blocks",
+                "compute_blocks": active.spec.compute_blocks,
+                "blocks_run": active.blocks_run,
+                "blocks_reused": active.blocks_reused,
+                "records": [dataclasses.asdict(r) for r in run.records],
+            })
+    finally:
+        run.release()
+        active.signatures.clear()
+        active.tail = ()
+        active.call = None
+
+
+def diffusion_model_wrapper(executor, *args, **kwargs):
+    """Decide compute/skip for this model call, expose it to the block hooks, record the residuals."""
+    to = find_transformer_options(args, kwargs)
+    active = to.get(KEY_BLOCKS) if to is not None else None
+    if not isinstance(active, BlockRun):
+        return executor(*args, **kwargs)
+    x = args[0] if args else kwargs.get("x")
+    sigmas = to.get("sigmas")
+    uuids = list(to.get("uuids") or [])
+    if (not isinstance(x, torch.Tensor) or not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0
+            or not uuids or x.ndim == 0 or x.shape[0] % len(uuids)):
+        return executor(*args, **kwargs)        # nothing to key the history on: run as is
+    run = active.run
+    sigma = float(sigmas.flatten()[0])
+    wkey = _window_key(to)
+    n = len(uuids)
+    ctx = args[2] if len(args) > 2 else kwargs.get("context")
+    ctx_shape = tuple(ctx.shape[1:]) if isinstance(ctx, torch.Tensor) else None
+    sig = (tuple(x.shape[1:]), x.shape[0] // n, x.dtype, ctx_shape)
+    with active.lock:
+        tail = active.tail
+        for u in uuids:
+            if active.signatures.get((u, wkey)) != sig:     # new resolution/prompt length: start over
+                for name, streams in tail:
+                    for st in streams:
+                        run.forget((u, wkey, name, st))
+    keys = [(u, wkey, name, st) for u in uuids for name, streams in tail for st in streams]
+    if not keys:
+        keys = [(u, wkey, "blocks") for u in uuids]      # no history yet: decide() computes
+    decision = run.decide(sigma, keys, device=x.device, predict=False)
+    call = _Call(sigma, uuids, wkey, decision.skip)
+    prev, active.call = active.call, call
+    try:
+        out = executor(*args, **kwargs)
+    finally:
+        active.call = prev
+    with active.lock:
+        active.calls += 1
+        active.blocks_reused += call.reused
+    if not decision.skip and call.record_ok and call.rec:
+        run.record(sigma, call.rec)
+        with active.lock:
+            active.tail = tuple(call.seen)
+            for u in uuids:
+                active.signatures[(u, wkey)] = sig
+    return out
+
+
+def apply_model_wrapper(executor, x, t, *args, **kwargs):
+    """Exposure-bias compensation (EB-Cache's ε/δ) on the denoised output; see abcache_core/exposure.py."""
+    to = kwargs.get("transformer_options")
+    if not isinstance(to, dict):
+        to = args[3] if len(args) > 3 and isinstance(args[3], dict) else None
+    active = to.get(KEY_BLOCKS) if to is not None else None
+    if not isinstance(active, BlockRun):
+        return executor(x, t, *args, **kwargs)
+    mark = active.run.mark()
+    out = executor(x, t, *args, **kwargs)
+    return apply_exposure(active.run, active.flow, x, t, out, mark)
+
+
+def _make_block_patch(kind: str, index: int, prev):
+    """The dit replacement for one block; ``prev`` is a replacement that was there before (chained)."""
+    name = (kind, index)
+    streams = ("img", "txt") if kind == "double_block" else ("img",)
+
+    def patch(args, extra):
+        def run_block(a):
+            return prev(a, extra) if prev is not None else extra["original_block"](a)
+
+        to = args.get("transformer_options")
+        active = to.get(KEY_BLOCKS) if isinstance(to, dict) else None
+        call = active.call if isinstance(active, BlockRun) else None
+        if call is None:
+            return run_block(args)
+        position = index if kind == "double_block" else active.n_double + index
+        if position < active.spec.compute_blocks:
+            with active.lock:
+                active.blocks_run += 1
+            return run_block(args)
+        if call.skip:
+            out = _reuse(active.run, call, name, streams, args)
+            if out is not None:
+                call.reused += 1
+                return out
+            call.fallback += 1
+        out = run_block(args)
+        with active.lock:
+            active.blocks_run += 1
+        if not call.skip:
+            _store(call, name, streams, args, out)
+        return out
+
+    patch.abcache_block = True
+    patch.abcache_prev = prev
+    return patch
+
+
+def _reuse(run: CacheRun, call: _Call, name, streams, args) -> Optional[dict]:
+    out = {}
+    for st in streams:
+        a = args.get(st)
+        if not isinstance(a, torch.Tensor):
+            return None
+        preds = [run.predict(call.sigma, (u, call.wkey, name, st), device=a.device) for u in call.uuids]
+        if any(p is None for p in preds):
+            return None
+        r = preds[0] if len(preds) == 1 else torch.cat(preds, dim=0)
+        if r.shape != a.shape:
+            return None
+        out[st] = a + r.to(a.dtype)
+    return out
+
+
+def _store(call: _Call, name, streams, args, out) -> None:
+    if not call.record_ok:
+        return
+    for st in streams:
+        a, o = args.get(st), out.get(st) if isinstance(out, dict) else None
+        if not (isinstance(a, torch.Tensor) and isinstance(o, torch.Tensor) and a.shape == o.shape):
+            call.record_ok = False
+            return
+        chunks = _split((o - a).detach(), call.n)
+        if chunks is None:
+            call.record_ok = False
+            return
+        for u, c in zip(call.uuids, chunks):
+            call.rec[(u, call.wkey, name, st)] = c
+    call.seen.append((name, streams))
+
+
+# -------------------------------------------------------------------------------------------- apply
+def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = 1, sink=None):
+    """Clone ``model`` and attach block-level caching. Re-applying replaces an earlier one."""
+    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if dm is None:
+        raise ValueError(f"{NAME}: expected a MODEL (ComfyUI ModelPatcher), got {type(model).__name__}")
+    if not isinstance(dm, flux_family_classes()):
+        raise ValueError(f"{NAME}: works only with FLUX-family models (FLUX.1 dev/schnell/Kontext, Chroma), whose "
+                         f"blocks ComfyUI exposes as dit double/single block hooks; this model is "
+                         f"{type(dm).__name__}. Use AB-Cache or AB-Cache (Advanced) for it.")
+    if settings.mode not in ("fixed", "table"):
+        raise ValueError(f"{NAME}: mode must be 'fixed' or 'table', got {settings.mode!r}")
+    if compute_blocks < 0:
+        raise ValueError(f"{NAME}: compute_blocks must be >= 0, got {compute_blocks}")
+    settings = settings.validate()
+    others = _other_caches(model.model_options)
+    if others:
+        raise ValueError(f"{NAME}: this model already has {' and '.join(others)} attached. Both skip model work "
+                         f"and would corrupt each other's cache: remove one of the two nodes.")
+    m = model.clone()
+    for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
+        if m.get_wrappers(wtype, KEY_BLOCKS):
+            m.remove_wrappers_with_key(wtype, KEY_BLOCKS)
+    n_double, n_single = block_counts(dm)
+    current = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for kind, count in (("double_block", n_double), ("single_block", n_single)):
+        for i in range(count):
+            prev = current.get((kind, i))
+            if getattr(prev, "abcache_block", False):
+                prev = prev.abcache_prev        # re-applied: replace ours, keep what was under it
+            m.set_model_patch_replace(_make_block_patch(kind, i, prev), "dit", kind, i)
+    m.model_options["transformer_options"][KEY_BLOCKS] = BlockCacheSpec(settings, int(compute_blocks), sink)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY_BLOCKS, outer_sample_wrapper)
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY_BLOCKS, apply_model_wrapper)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY_BLOCKS, diffusion_model_wrapper)
+    return m
+
+
+# --------------------------------------------------------------------------------------------- node
+_TIPS = {
+    "model": "A FLUX-family model (FLUX.1 dev/schnell/Kontext, Chroma). Other models are refused: use AB-Cache "
+             "(Advanced) for them.",
+    "compute_blocks": "Blocks (in execution order: the double-stream blocks, then the single-stream blocks; "
+                      "FLUX.1 has 19 + 38) that run on every step. The later blocks reuse or extrapolate their "
+                      "cached residual on skipped steps. 0 = reuse every block on skipped steps.",
+    "order": "How many computed steps each reused residual is extrapolated from: 1 = reuse the last one "
+             "(FORA / EB-Cache), 2 = linear in sigma, 3-4 = higher order.",
+    "mode": "table: follow the per-step table. fixed: after warm-up, run all blocks on every interval-th step.",
+    "table": "table mode: one code per step, F or 1 = run all blocks, s, 0 or 2 = reuse the cached blocks, a = "
+             "EB-Cache's 'reuse attention only' (not possible through the block hooks: runs all blocks). "
+             "'eb50' = EB-Cache's published 50-step table (34 of 50 steps run); a table written for another "
+             "step count is derived for the schedule (first and last step run, same fraction run).",
+    "interval": "fixed mode: after warm-up, run all blocks on every N-th step (1 = no reuse).",
+    "warmup": "First steps that always run all blocks (both modes).",
+    "final_steps": "Last steps that always run all blocks (both modes).",
+    "cache_device": "Where the cached block residuals are kept: 'same' as the model (fastest) or 'cpu' (saves "
+                    "GPU memory: FLUX.1 at 1024x1024 stores about 28 MB per block, chunk and history entry "
+                    "in bf16).",
+    "exposure_delta": "Exposure-bias compensation (EB-Cache): the model's noise estimate is divided by this "
+                      "value (0.965 enlarges it by 3.6%, EB-Cache's value). 1 = off.",
+    "exposure_apply": "Where exposure_delta applies: 'extrapolated' = only on steps that reused blocks; 'all' = on "
+                      "every model call (as EB-Cache does).",
+}
+
+
+class ABCacheFluxBlocksNode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ABCacheFluxBlocks",
+            display_name="AB-Cache FLUX blocks (EB-Cache style)",
+            category=CATEGORY,
+            description="Block-level cache for FLUX and Chroma through ComfyUI's block hooks: on skipped steps the "
+                        "first blocks run and every later block adds its cached (order 1) or extrapolated "
+                        "residual instead of running. Steps follow a table (EB-Cache's published one by default) "
+                        "or a fixed interval; optional EB-Cache exposure-bias compensation.",
+            inputs=[
+                io.Model.Input("model", tooltip=_TIPS["model"]),
+                io.Int.Input("compute_blocks", default=1, min=0, max=200, step=1, tooltip=_TIPS["compute_blocks"]),
+                io.Int.Input("order", default=1, min=1, max=MAX_ORDER, step=1, tooltip=_TIPS["order"]),
+                io.Combo.Input("mode", options=["table", "fixed"], default="table", tooltip=_TIPS["mode"]),
+                io.String.Input("table", default="eb50", multiline=False, tooltip=_TIPS["table"]),
+                io.Int.Input("interval", default=2, min=1, max=20, step=1, tooltip=_TIPS["interval"]),
+                io.Int.Input("warmup", default=3, min=0, max=200, step=1, tooltip=_TIPS["warmup"]),
+                io.Int.Input("final_steps", default=1, min=0, max=50, step=1, tooltip=_TIPS["final_steps"]),
+                io.Combo.Input("cache_device", options=["same", "cpu"], default="same", tooltip=_TIPS["cache_device"]),
+                io.Float.Input("exposure_delta", default=1.0, min=0.8, max=1.2, step=0.001,
+                               tooltip=_TIPS["exposure_delta"]),
+                io.Combo.Input("exposure_apply", options=list(EXPOSURE_APPLY), default="extrapolated",
+                               tooltip=_TIPS["exposure_apply"]),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with block caching attached. Connect it to the sampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, mode="table", table="eb50", order=1, compute_blocks=1, cache_device="same",
+                        exposure_delta=1.0, exposure_apply="extrapolated", **kwargs):
+        try:
+            _settings(mode, order, 2, 3, 1, table, cache_device, exposure_delta, exposure_apply)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, model, compute_blocks=1, order=1, mode="table", table="eb50", interval=2, warmup=3,
+                final_steps=1, cache_device="same", exposure_delta=1.0,
+                exposure_apply="extrapolated") -> io.NodeOutput:
+        settings = _settings(mode, order, interval, warmup, final_steps, table, cache_device, exposure_delta,
+                             exposure_apply)
+        return io.NodeOutput(apply_block_cache(model, settings, int(compute_blocks), sink=TelemetrySink()))
+
+
+def _settings(mode, order, interval, warmup, final_steps, table, cache_device, exposure_delta,
+              exposure_apply) -> CacheSettings:
+    if mode not in ("table", "fixed"):
+        raise ValueError(f"{NAME}: mode must be 'table' or 'fixed', got {mode!r}")
+    if cache_device not in ("same", "cpu"):
+        raise ValueError(f"{NAME}: cache_device must be 'same' or 'cpu', got {cache_device!r}")
+    try:
+        return CacheSettings(mode=str(mode), order=int(order), interval=int(interval), warmup=int(warmup),
+                             final_steps=int(final_steps), table=str(table or ""), offload=cache_device == "cpu",
+                             exposure_delta=float(exposure_delta), exposure_apply=str(exposure_apply)).validate()
+    except ValueError as e:
+        raise ValueError(f"{NAME}: {e}") from None
