@@ -35,10 +35,9 @@ from typing import Any, Optional
 import torch
 from comfy_api.latest import io
 
-import comfy.model_patcher
 import comfy.patcher_extension as pe
 
-from ..abcache_core import EXPOSURE_APPLY, MAX_ORDER, CacheRun, CacheSettings, plan
+from ..abcache_core import EXPOSURE_APPLY, MAX_ORDER, CacheRun, CacheSettings
 from .wrappers import (
     KEY,
     OTHER_CACHE_KEYS,
@@ -48,6 +47,8 @@ from .wrappers import (
     apply_exposure,
     find_transformer_options,
     is_flow,
+    sampling_scope,
+    warn_if_nothing_to_skip,
 )
 
 KEY_BLOCKS = "ab_cache_blocks"
@@ -135,33 +136,15 @@ def _other_caches(model_options: dict) -> list[str]:
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
-    guider = executor.class_obj
-    orig = guider.model_options
-    spec = orig.get("transformer_options", {}).get(KEY_BLOCKS)
-    if not isinstance(spec, BlockCacheSpec):
-        return executor(*args, **kwargs)
-    others = _other_caches(orig)
-    if others:
-        LOG.warning("%s: %s is also attached to this model; block caching is bypassed for this run so that steps "
-                    "are not skipped twice. Use one step cache per model.", NAME, " and ".join(others))
-        return executor(*args, **kwargs)
-    sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
-    model = guider.model_patcher.model
+    return sampling_scope(executor, args, kwargs, KEY_BLOCKS, BlockCacheSpec,
+                          _other_caches(executor.class_obj.model_options), _start, _finish, NAME)
+
+
+def _start(spec: BlockCacheSpec, model, schedule) -> BlockRun:
     settings = spec.resolve(model.model_sampling)
-    schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
     n_double, _ = block_counts(model.diffusion_model)
-    active = BlockRun(spec, settings, schedule, n_double, is_flow(model.model_sampling))
-    steps = len(schedule) - 1
-    if steps > 0 and all(plan(settings, steps)):
-        LOG.warning("%s: with %d steps nothing can be skipped (mode %s); every step runs all blocks.",
-                    NAME, steps, settings.mode)
-    guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
-    guider.model_options["transformer_options"][KEY_BLOCKS] = active
-    try:
-        return executor(*args, **kwargs)
-    finally:
-        guider.model_options = orig
-        _finish(active)
+    warn_if_nothing_to_skip(NAME, settings, len(schedule) - 1)
+    return BlockRun(spec, settings, schedule, n_double, is_flow(model.model_sampling))
 
 
 def _finish(active: BlockRun) -> None:

@@ -138,41 +138,55 @@ def _split(t: torch.Tensor, n: int) -> Optional[list]:
 
 
 # ------------------------------------------------------------------------------------------ wrappers
-def outer_sample_wrapper(executor, *args, **kwargs):
+def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, start, finish, name: str):
+    """The OUTER_SAMPLE pattern shared by every cache node of this pack.
+
+    Reads the node's spec under ``key``; bypasses (with a warning) when another step cache is attached;
+    otherwise builds the per-run state with ``start(spec, model, schedule)``, exposes it under ``key`` in a
+    copy of the guider's model_options for this sampling call only, and always calls ``finish(active)``.
+    """
     guider = executor.class_obj
     orig = guider.model_options
-    spec = orig.get("transformer_options", {}).get(KEY)
-    if not isinstance(spec, CacheSpec):
+    spec = orig.get("transformer_options", {}).get(key)
+    if not isinstance(spec, spec_type):
         return executor(*args, **kwargs)
-    others = other_caches(orig)
     if others:
-        LOG.warning("AB-Cache: %s is also attached to this model; AB-Cache is bypassed for this run so that "
-                    "steps are not skipped twice. Use one step cache per model.", " and ".join(others))
+        LOG.warning("%s: %s is also attached to this model; %s is bypassed for this run so that steps are not "
+                    "skipped twice. Use one step cache per model.", name, " and ".join(others), name)
         return executor(*args, **kwargs)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
-    model = guider.model_patcher.model
-    settings = spec.resolve(model.model_sampling)
-    level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
-    active = ActiveRun(spec, settings, schedule, level)
-    active.flow = is_flow(model.model_sampling)
-    _warn_if_nothing_to_skip(settings, len(schedule) - 1)
+    active = start(spec, guider.model_patcher.model, schedule)
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
-    guider.model_options["transformer_options"][KEY] = active
+    guider.model_options["transformer_options"][key] = active
     try:
         return executor(*args, **kwargs)
     finally:
         guider.model_options = orig
-        _finish(active)
+        finish(active)
 
 
-def _warn_if_nothing_to_skip(settings: CacheSettings, steps: int) -> None:
+def outer_sample_wrapper(executor, *args, **kwargs):
+    return sampling_scope(executor, args, kwargs, KEY, CacheSpec, other_caches(executor.class_obj.model_options),
+                          _start, _finish, "AB-Cache")
+
+
+def _start(spec: CacheSpec, model, schedule) -> ActiveRun:
+    settings = spec.resolve(model.model_sampling)
+    level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
+    active = ActiveRun(spec, settings, schedule, level)
+    active.flow = is_flow(model.model_sampling)
+    warn_if_nothing_to_skip("AB-Cache", settings, len(schedule) - 1)
+    return active
+
+
+def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int) -> None:
     if steps <= 0 or settings.mode == "adaptive":
         return
     if all(plan(settings, steps)):
-        LOG.warning("AB-Cache: with %d steps nothing can be skipped (mode %s, warm-up %d, interval %d, final steps "
+        LOG.warning("%s: with %d steps nothing can be skipped (mode %s, warm-up %d, interval %d, final steps "
                     "%d); every step runs the model. Lower the warm-up or interval, or use more steps.",
-                    steps, settings.mode, settings.warmup, settings.interval, settings.final_steps)
+                    name, steps, settings.mode, settings.warmup, settings.interval, settings.final_steps)
 
 
 def _finish(active: ActiveRun) -> None:
