@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -75,3 +75,31 @@ def sample(model, latent, positive, negative, steps=10, cfg=2.0, sampler="euler"
     noise = comfy.sample.prepare_noise(latent, seed)
     return comfy.sample.sample(model, noise, steps, cfg, sampler, scheduler, positive, negative, latent,
                                denoise=denoise, disable_pbar=True, seed=seed, **kwargs)
+
+
+ADVANCED_DEFAULTS = dict(mode="fixed", coordinate="auto", tolerance=0.01, max_skips=3, start_percent=0.0,
+                         end_percent=1.0, final_steps=1, table="", cache_device="same", verbose=False)
+
+
+def abcache(nodes, model, order=2, interval=3, warmup=2, **advanced):
+    """Apply the AB-Cache node (or AB-Cache (Advanced) when any advanced input is given) as a graph would."""
+    if not advanced:
+        return nodes.ABCacheNode.execute(model, order, interval, warmup)[0]
+    return nodes.ABCacheAdvancedNode.execute(model, order, interval, warmup,
+                                             **{**ADVANCED_DEFAULTS, **advanced})[0]
+
+
+def expected_calls(spy: Spy, settings) -> int:
+    """Real forward calls a fixed/paper/table plan asks for, given the calls an unpatched run made."""
+    import math
+
+    from abcache_core import planned_compute, step_position
+
+    n = 0
+    for sigma, sched in zip(spy.sigmas, spy.schedules):
+        pos = step_position(sched, sigma)
+        if pos is None or sigma <= 0:
+            n += 1
+            continue
+        n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1) is not False
+    return n

@@ -53,3 +53,28 @@ def pack(comfy):
     from devtools.pack import load_pack
 
     return load_pack()
+
+
+@pytest.fixture(scope="session")
+def env(comfy, pack):
+    """Tiny ComfyUI models (built once per session), the harness and this pack's node modules."""
+    import types
+
+    from devtools import harness, tiny_models
+    from devtools.pack import load_nodes
+
+    cases = {}
+
+    def case(name, **overrides):
+        ok, why = tiny_models.available(name)
+        if not ok:
+            pytest.skip(f"{name}: {why}")
+        key = (name, tuple(sorted(overrides.items())))
+        if key not in cases:
+            cases[key] = tiny_models.build(name, seed=0, overrides=overrides or None)
+        return cases[key]
+
+    n = load_nodes()
+    return types.SimpleNamespace(case=case, harness=harness, nodes=n, tm=tiny_models, comfy=comfy,
+                                 wrappers=sys.modules[n.__name__ + ".wrappers"],
+                                 blocks=sys.modules[n.__name__ + ".blocks"])

@@ -21,7 +21,6 @@ Findings these tests pin down:
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import pytest
@@ -29,25 +28,6 @@ import torch
 
 STEPS = 10
 ORDER, INTERVAL, WARMUP = 2, 3, 2     # 10 euler steps: steps 0 1 2 5 8 9 computed
-
-
-@pytest.fixture(scope="module")
-def env(comfy, pack):
-    from devtools import harness, tiny_models
-    from devtools.pack import load_nodes
-
-    cases = {}
-
-    def case(name):
-        ok, why = tiny_models.available(name)
-        if not ok:
-            pytest.skip(f"{name}: {why}")
-        if name not in cases:
-            cases[name] = tiny_models.build(name, seed=0)
-        return cases[name]
-
-    import types
-    return types.SimpleNamespace(case=case, harness=harness, nodes=load_nodes(), tm=tiny_models, comfy=comfy)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -62,17 +42,9 @@ def _abcache(env, model, order=ORDER, interval=INTERVAL, warmup=WARMUP):
 
 
 def _expected(spy, settings):
-    """Real forward calls the plan asks for, given the calls an unpatched run makes."""
-    from abcache_core import planned_compute, step_position
+    from devtools.harness import expected_calls
 
-    n = 0
-    for sigma, sched in zip(spy.sigmas, spy.schedules):
-        pos = step_position(sched, sigma)
-        if pos is None or sigma <= 0:
-            n += 1
-            continue
-        n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1) is not False
-    return n
+    return expected_calls(spy, settings)
 
 
 def _run(env, case, model, **kw):

@@ -151,29 +151,6 @@ def test_cache_run_lazy_decisions_and_marks():
 
 
 # ========================================================================================== ComfyUI
-@pytest.fixture(scope="module")
-def env(comfy, pack):
-    import sys
-    import types
-
-    from devtools import harness, tiny_models
-    from devtools.pack import load_nodes
-
-    cases = {}
-
-    def case(name, **overrides):
-        ok, why = tiny_models.available(name)
-        if not ok:
-            pytest.skip(f"{name}: {why}")
-        key = (name, tuple(sorted(overrides.items())))
-        if key not in cases:
-            cases[key] = tiny_models.build(name, seed=0, overrides=overrides or None)
-        return cases[key]
-
-    n = load_nodes()
-    return types.SimpleNamespace(case=case, harness=harness, nodes=n, tm=tiny_models,
-                                 blocks=sys.modules[n.__name__ + ".blocks"])
-
 
 def _advanced(env, model, order=2, interval=3, warmup=2, **adv):
     kw = dict(mode="fixed", coordinate="auto", tolerance=0.01, max_skips=3, start_percent=0.0, end_percent=1.0,

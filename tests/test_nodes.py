@@ -18,46 +18,14 @@ SAMPLERS = ["euler", "dpmpp_2m", "uni_pc", "ddim", "res_multistep", "lcm", "heun
 STEPS = 10
 
 
-@pytest.fixture(scope="module")
-def env(comfy, pack):
-    from devtools import harness, tiny_models
-    from devtools.pack import load_nodes
-
-    cases = {}
-
-    def case(name):
-        ok, why = tiny_models.available(name)
-        if not ok:
-            pytest.skip(f"{name}: {why}")
-        if name not in cases:
-            cases[name] = tiny_models.build(name, seed=0)
-        return cases[name]
-
-    import types
-    return types.SimpleNamespace(case=case, harness=harness, nodes=load_nodes(), tm=tiny_models)
-
-
 def _abcache(env, model, order=2, interval=3, warmup=2, **adv):
-    if not adv:
-        return env.nodes.ABCacheNode.execute(model, order, interval, warmup)[0]
-    kw = dict(mode="fixed", coordinate="auto", tolerance=0.01, max_skips=3, start_percent=0.0, end_percent=1.0,
-              final_steps=1, table="", cache_device="same", verbose=False)
-    kw.update(adv)
-    return env.nodes.ABCacheAdvancedNode.execute(model, order, interval, warmup, **kw)[0]
+    return env.harness.abcache(env.nodes, model, order, interval, warmup, **adv)
 
 
 def _expected(spy, settings):
-    """Real forward calls the plan asks for, given the calls an unpatched run makes."""
-    from abcache_core import planned_compute, step_position
+    from devtools.harness import expected_calls
 
-    n = 0
-    for sigma, sched in zip(spy.sigmas, spy.schedules):
-        pos = step_position(sched, sigma)
-        if pos is None or sigma <= 0:
-            n += 1
-            continue
-        n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1) is not False
-    return n
+    return expected_calls(spy, settings)
 
 
 def _run(env, case, model, **kw):

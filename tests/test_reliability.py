@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import gc
 import logging
-import math
 import socket
 import subprocess
 import sys
@@ -24,31 +23,8 @@ SOAK_RUNS = 100
 FUZZ_EXAMPLES = 60
 
 
-@pytest.fixture(scope="module")
-def env(comfy, pack):
-    import types
-
-    from devtools import harness, tiny_models
-    from devtools.pack import load_nodes
-
-    cache = {}
-
-    def case(name):
-        if name not in cache:
-            cache[name] = tiny_models.build(name, seed=0)
-        return cache[name]
-
-    n = load_nodes()
-    return types.SimpleNamespace(case=case, harness=harness, nodes=n, wrappers=sys.modules[n.__name__ + ".wrappers"])
-
-
 def _cached(env, model, order=2, interval=3, warmup=2, **adv):
-    if not adv:
-        return env.nodes.ABCacheNode.execute(model, order, interval, warmup)[0]
-    kw = dict(mode="fixed", coordinate="auto", tolerance=0.01, max_skips=3, start_percent=0.0, end_percent=1.0,
-              final_steps=1, table="", cache_device="same", verbose=False)
-    kw.update(adv)
-    return env.nodes.ABCacheAdvancedNode.execute(model, order, interval, warmup, **kw)[0]
+    return env.harness.abcache(env.nodes, model, order, interval, warmup, **adv)
 
 
 def _live_runs(env):
