@@ -44,6 +44,7 @@ from .wrappers import (
     TelemetrySink,
     _split,
     _window_key,
+    active_in_apply_model,
     apply_exposure,
     find_transformer_options,
     is_flow,
@@ -224,10 +225,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
 
 def apply_model_wrapper(executor, x, t, *args, **kwargs):
     """Exposure-bias compensation (EB-Cache's ε/δ) on the denoised output; see abcache_core/exposure.py."""
-    to = kwargs.get("transformer_options")
-    if not isinstance(to, dict):
-        to = args[3] if len(args) > 3 and isinstance(args[3], dict) else None
-    active = to.get(KEY_BLOCKS) if to is not None else None
+    _, active = active_in_apply_model(KEY_BLOCKS, args, kwargs)
     if not isinstance(active, BlockRun):
         return executor(x, t, *args, **kwargs)
     mark = active.run.mark()

@@ -220,11 +220,16 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     return _cached_call(active, to, x, lambda: executor(*args, **kwargs), space="raw")
 
 
-def apply_model_wrapper(executor, x, t, *args, **kwargs):
+def active_in_apply_model(key: str, args, kwargs):
+    """Our per-run state from an APPLY_MODEL call (x, t, c_concat, c_crossattn, control, transformer_options)."""
     to = kwargs.get("transformer_options")
     if not isinstance(to, dict):
         to = args[3] if len(args) > 3 and isinstance(args[3], dict) else None
-    active = to.get(KEY) if to is not None else None
+    return to, (to.get(key) if to is not None else None)
+
+
+def apply_model_wrapper(executor, x, t, *args, **kwargs):
+    to, active = active_in_apply_model(KEY, args, kwargs)
     if not isinstance(active, ActiveRun):
         return executor(x, t, *args, **kwargs)
     mark = active.run.mark()
