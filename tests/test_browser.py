@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -43,19 +44,23 @@ ARTIFACTS = REPO / "artifacts" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 NAMES = sorted(p.stem for p in WF_DIR.glob("*.json"))
 AB_TYPES = ("ABCache", "ABCacheAdvanced")
-# The flags this closed network needs (see .ci/run); Playwright adds --headless and a fresh --user-data-dir.
+# The flags this closed network needs (no background requests to Google's hosts); Playwright itself adds
+# --headless and a fresh temporary --user-data-dir per launch.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Server-side user settings written before the first page load. TutorialCompleted: no "new user" flow (that
 # opens the template browser over the canvas). The three checks stay on explicitly, whatever the defaults.
-# The minimap would cover part of the graph in the screenshots.
+# Classic (canvas) nodes, whose widget tooltips are the frontend's .node-tooltip element. The minimap would
+# cover part of the graph in the screenshots.
 SETTINGS = {
     "Comfy.TutorialCompleted": True,
     "Comfy.Validation.Workflows": True,
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Workflow.ShowMissingModelsWarning": True,
     "Comfy.EnableTooltips": True,
+    "Comfy.VueNodes.Enabled": False,
     "Comfy.Minimap.Visible": False,
+    "LiteGraph.Canvas.MinFontSizeForLOD": 0,  # draw text at every zoom (else "zoom to fit" draws blank boxes)
 }
 # Before any page script: the "Introducing Nodes 2.0" banner (localStorage flag of TryVueNodeBanner.vue).
 INIT_SCRIPT = "try { localStorage.setItem('vueNodesBannerDismissed', 'true') } catch (e) {}"
@@ -66,12 +71,15 @@ BENIGN_CONSOLE = re.compile(
     r"violates the following Content Security Policy|Refused to connect|Failed to fetch|"
     r"Failed to load resource: the server responded with a status of 404")
 
+VIEWPORT = {"width": 1920, "height": 1200}
+
 pytestmark = pytest.mark.server
 
 
 def _load_workflow_helpers():
     """tests/test_workflows.py's helpers (skip logic for CogVideoX, /object_info parsing), imported by path."""
-    spec = importlib.util.spec_from_file_location("abcache_test_workflows_helpers", REPO / "tests" / "test_workflows.py")
+    path = REPO / "tests" / "test_workflows.py"
+    spec = importlib.util.spec_from_file_location("abcache_test_workflows_helpers", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -100,11 +108,21 @@ def browser_ready():
 
 @pytest.fixture(scope="module")
 def server(browser_ready):
+    from devtools import runtime
     from devtools.server import ComfyServer
 
     srv = ComfyServer({wf.PACK: REPO})
     srv.start()
     try:
+        # LoadImage (ltxv_i2v) shows the image the workflow names: give it one, as tests/test_workflows.py does.
+        (srv.base / "input").mkdir(exist_ok=True)
+        shipped = runtime.comfyui_path() / "input" / "example.png"
+        if shipped.is_file():
+            shutil.copy(shipped, srv.base / "input" / "example.png")
+        else:
+            from PIL import Image
+
+            Image.new("RGB", (64, 64), "gray").save(srv.base / "input" / "example.png")
         status, body = srv.post("/settings", SETTINGS)
         assert status == 200, f"POST /settings: {status} {body}"
         yield srv
@@ -197,9 +215,19 @@ JS_WIDGET_POS = """([id, wname]) => {
 }"""
 
 # The frontend's own "Zoom to fit" command (nothing is selected: fits all nodes), then two frames drawn.
+# (The command animates the view for 350 ms: wait until the view has stopped moving.)
 JS_FIT = f"""async () => {{
   await {JS_PINIA}._s.get('command').execute('Comfy.Canvas.FitView')
-  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))
+  const frame = () => new Promise(r => requestAnimationFrame(r))
+  const view = () => JSON.stringify([app.canvas.ds.scale, ...app.canvas.ds.offset])
+  await new Promise(r => setTimeout(r, 400))
+  for (let i = 0, last = null; i < 100; i++) {{
+    const now = view()
+    if (now === last) break
+    last = now
+    await frame(); await frame()
+  }}
+  return app.canvas.ds.scale
 }}"""
 
 
@@ -278,7 +306,8 @@ def test_workflow_in_real_frontend(server, object_info, comfyui_version, browser
     ui_nodes = {n["id"]: n for n in ui["nodes"]}
     expected_missing_models = _expected_missing_models(ui, object_info)
 
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    (ARTIFACTS / f"{name}-failure.png").unlink(missing_ok=True)  # from an earlier failed run
+    context = browser.new_context(viewport=VIEWPORT)
     context.add_init_script(INIT_SCRIPT)
     page = context.new_page()
     page_errors, console_errors = [], []

@@ -215,6 +215,17 @@ def test_workflow_shapes():
     assert len(loaders) == 2 and all("high_noise" in l or "low_noise" in l for l in loaders), loaders
 
 
+def test_no_node_covers_another():
+    """Rendered boxes (the 30 px title bar drawn above pos included) never overlap, so no widget is hidden."""
+    for name in NAMES:
+        boxes = [(n["id"], n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+                 for n in load(name)["nodes"]]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                overlap = a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]
+                assert not overlap, f"{name}: nodes {a[0]} and {b[0]} overlap"
+
+
 @pytest.mark.server
 @pytest.mark.parametrize("name", NAMES)
 def test_node_types_exist(object_info, comfyui_version, name):

@@ -139,6 +139,9 @@ class Node:
         return Out(self, names.index(output))
 
 
+TITLE_H, GAP = 30, 10   # LiteGraph draws a node's title bar above its pos
+
+
 def _auto_size(s: Schema, width: float) -> tuple[float, float]:
     # LiteGraph's computeSize: 20 px per slot row, 24 px per widget, small margins.
     rows = max(len(s.sockets), len(s.outputs))
@@ -208,7 +211,23 @@ class Workflow:
             order.setdefault(n.id, len(order))
         return order
 
+    def _spread(self) -> None:
+        """Move nodes down until no node (title bar included) overlaps another in the same column."""
+        placed: list[Node] = []
+        for n in sorted(self.nodes, key=lambda n: (n.pos[1], n.pos[0])):
+            x, y = n.pos
+            moved = True
+            while moved:
+                moved = False
+                for p in placed:
+                    same_column = x < p.pos[0] + p.size[0] and p.pos[0] < x + n.size[0]
+                    if same_column and y - TITLE_H < p.pos[1] + p.size[1] + GAP and y + n.size[1] > p.pos[1] - TITLE_H:
+                        y, moved = p.pos[1] + p.size[1] + TITLE_H + GAP, True
+            n.pos = (x, y)
+            placed.append(n)
+
     def ui(self) -> dict:
+        self._spread()
         links = self._links()
         order = self._order()
         # top-left node at (0, 40) (room for its title bar), so the graph opens in view without extra.ds
