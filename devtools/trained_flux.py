@@ -192,6 +192,8 @@ def load(dtype: torch.dtype = torch.float32, path: Path | str | None = None):
         raise FileNotFoundError(f"{path} missing: train it with `python -m benchmarks.train_tiny_flux`")
     flux_sd, cond = split_state_dict(load_file(path))
     model = build_model(dtype)
+    # ComfyUI's own key conversion for this model config (newer trees name the RMSNorm scales `.weight`)
+    flux_sd = model.model_config.process_unet_state_dict(flux_sd)
     missing, unexpected = model.diffusion_model.load_state_dict(flux_sd, strict=True)
     assert not missing and not unexpected
     model.diffusion_model.to(dtype)
