@@ -108,6 +108,19 @@ class ComfyServer:
     def __exit__(self, *exc) -> None:
         self.cleanup()
 
+    def provide_input_image(self, name: str = "example.png") -> None:
+        """Put an image into the server's input folder (LoadImage validates its file for real): ComfyUI's own
+        shipped example when the runtime has it, else a plain grey one."""
+        dst = self.base / "input" / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shipped = runtime.comfyui_path() / "input" / name
+        if shipped.is_file():
+            shutil.copy(shipped, dst)
+        else:
+            from PIL import Image
+
+            Image.new("RGB", (64, 64), "gray").save(dst)
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")

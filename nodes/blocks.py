@@ -47,6 +47,7 @@ from .wrappers import (
     active_in_apply_model,
     apply_exposure,
     find_transformer_options,
+    fresh_clone,
     is_flow,
     sampling_scope,
     warn_if_nothing_to_skip,
@@ -318,14 +319,7 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = 1, s
     if compute_blocks < 0:
         raise ValueError(f"{NAME}: compute_blocks must be >= 0, got {compute_blocks}")
     settings = settings.validate()
-    others = _other_caches(model.model_options)
-    if others:
-        raise ValueError(f"{NAME}: this model already has {' and '.join(others)} attached. Both skip model work "
-                         f"and would corrupt each other's cache: remove one of the two nodes.")
-    m = model.clone()
-    for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
-        if m.get_wrappers(wtype, KEY_BLOCKS):
-            m.remove_wrappers_with_key(wtype, KEY_BLOCKS)
+    m = fresh_clone(model, KEY_BLOCKS, NAME, _other_caches(model.model_options))
     n_double, n_single = block_counts(dm)
     current = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for kind, count in (("double_block", n_double), ("single_block", n_single)):

@@ -347,17 +347,23 @@ def _assemble(active, preds, uuids, wkey, x_parts, space, t):
 
 
 # ---------------------------------------------------------------------------------------------- apply
-def apply_ab_cache(model, settings: CacheSettings, coordinate: str = "auto", verbose: bool = False, sink=None):
-    """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
-    settings = settings.validate()
-    others = other_caches(model.model_options)
+def fresh_clone(model, key: str, name: str, others: list):
+    """Clone for a cache node: refuse a model that already carries another step cache, and drop this node's
+    own wrappers from an earlier application (re-applying replaces)."""
     if others:
-        raise ValueError(f"AB-Cache: this model already has {' and '.join(others)} attached. Both skip model calls "
+        raise ValueError(f"{name}: this model already has {' and '.join(others)} attached. Both skip model work "
                          f"and would corrupt each other's cache: remove one of the two nodes.")
     m = model.clone()
     for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
-        if m.get_wrappers(wtype, KEY):
-            m.remove_wrappers_with_key(wtype, KEY)
+        if m.get_wrappers(wtype, key):
+            m.remove_wrappers_with_key(wtype, key)
+    return m
+
+
+def apply_ab_cache(model, settings: CacheSettings, coordinate: str = "auto", verbose: bool = False, sink=None):
+    """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
+    settings = settings.validate()
+    m = fresh_clone(model, KEY, "AB-Cache", other_caches(model.model_options))
     m.model_options["transformer_options"][KEY] = CacheSpec(settings, coordinate, verbose, sink)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)

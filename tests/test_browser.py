@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -116,21 +115,12 @@ def browser_ready():
 
 @pytest.fixture(scope="module")
 def server(browser_ready):
-    from devtools import runtime
     from devtools.server import ComfyServer
 
     srv = ComfyServer({wf.PACK: REPO})
     srv.start()
     try:
-        # LoadImage (ltxv_i2v) shows the image the workflow names: give it one, as tests/test_workflows.py does.
-        (srv.base / "input").mkdir(exist_ok=True)
-        shipped = runtime.comfyui_path() / "input" / "example.png"
-        if shipped.is_file():
-            shutil.copy(shipped, srv.base / "input" / "example.png")
-        else:
-            from PIL import Image
-
-            Image.new("RGB", (64, 64), "gray").save(srv.base / "input" / "example.png")
+        srv.provide_input_image("example.png")   # LoadImage (ltxv_i2v) validates its file for real
         status, body = srv.post("/settings", SETTINGS)
         assert status == 200, f"POST /settings: {status} {body}"
         yield srv

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import urllib.request
 from pathlib import Path
 
@@ -45,21 +44,12 @@ NEEDS = {
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def server():
-    from devtools import runtime
     from devtools.server import ComfyServer
 
     srv = ComfyServer({PACK: REPO})
     srv.start()
     try:
-        # LoadImage validates its file for real: give it the image the workflow names (ComfyUI ships one).
-        (srv.base / "input").mkdir(exist_ok=True)
-        shipped = runtime.comfyui_path() / "input" / "example.png"
-        if shipped.is_file():
-            shutil.copy(shipped, srv.base / "input" / "example.png")
-        else:
-            from PIL import Image
-
-            Image.new("RGB", (64, 64), "gray").save(srv.base / "input" / "example.png")
+        srv.provide_input_image("example.png")   # LoadImage (ltxv_i2v) validates its file for real
         yield srv
     finally:
         srv.cleanup()
