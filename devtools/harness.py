@@ -103,3 +103,13 @@ def expected_calls(spy: Spy, settings) -> int:
             continue
         n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1) is not False
     return n
+
+
+def run_spied(case, model, **kw):
+    """Sample a tiny-model case (default conditioning seeds 1/2, its own latent) through ``model`` with a
+    forward spy; returns (output, spy)."""
+    m, spy = with_spy(model)
+    kw.setdefault("positive", case.positive(1))
+    kw.setdefault("negative", case.negative(2))
+    out = sample(m, kw.pop("latent", case.latent), kw.pop("positive"), kw.pop("negative"), **kw)
+    return out, spy

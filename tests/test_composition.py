@@ -48,12 +48,8 @@ def _expected(spy, settings):
 
 
 def _run(env, case, model, **kw):
-    m, spy = env.harness.with_spy(model)
-    kw.setdefault("positive", case.positive(1))
-    kw.setdefault("negative", case.negative(2))
     kw.setdefault("steps", STEPS)
-    out = env.harness.sample(m, kw.pop("latent", case.latent), kw.pop("positive"), kw.pop("negative"), **kw)
-    return out, spy
+    return env.harness.run_spied(case, model, **kw)
 
 
 def _lora_sd(model, seed=0, rank=2, count=6):
