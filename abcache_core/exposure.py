@@ -40,8 +40,6 @@ from typing import Union
 
 import torch
 
-EXPOSURE_APPLY = ("extrapolated", "all")
-EB_CACHE_DELTA = 0.965     # EB-Cache's published δ (DiT-XL/2, 50 DDPM steps, cfg 1.5)
 FLOW_GUARD = 1e-3          # flow models: no rescale where 1 - sigma < FLOW_GUARD
 
 SigmaLike = Union[float, torch.Tensor]
@@ -105,12 +103,3 @@ def rescale_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: SigmaLike, 
         out = xw - (xw - d) * inv
     out = torch.where(keep, d, out)
     return out.to(denoised.dtype)
-
-
-def validate_exposure(delta: float, apply: str) -> None:
-    """Raise ValueError with an actionable message for bad exposure settings."""
-    if not (isinstance(delta, (int, float)) and math.isfinite(float(delta)) and float(delta) > 0.0):
-        raise ValueError(f"exposure_delta must be a finite number > 0 (1 = off; EB-Cache uses {EB_CACHE_DELTA}), "
-                         f"got {delta!r}")
-    if apply not in EXPOSURE_APPLY:
-        raise ValueError(f"exposure_apply must be one of {EXPOSURE_APPLY}, got {apply!r}")

@@ -27,61 +27,81 @@ import functools
 import math
 from typing import Optional, Sequence
 
-from .exposure import validate_exposure
-from .weights import MAX_ORDER
+from .params import PARAMS, default
 
-MODES = ("fixed", "adaptive", "table", "paper")
-COORDINATES = ("sigma", "lambda", "step")
+
+def _field(name: str):
+    """A settings field whose default lives in the parameter table (abcache_core/params.py)."""
+    return dataclasses.field(default=default(name))
 
 
 @dataclasses.dataclass(frozen=True)
 class CacheSettings:
-    """Configuration only (no tensors, no locks): safe to deep-copy with the ModelPatcher."""
+    """Configuration only (no tensors, no locks): safe to deep-copy with the ModelPatcher.
 
-    mode: str = "fixed"
-    order: int = 2                 # history length k used for extrapolation (1 = plain reuse)
-    interval: int = 3              # fixed/paper: compute every interval-th step
-    warmup: int = 3                # first steps always computed
-    final_steps: int = 1           # last steps always computed (0: none)
-    start_percent: float = 0.0     # caching allowed only for steps in [start, end) fraction of the schedule
-    end_percent: float = 1.0
-    coordinate: str = "sigma"      # sigma | lambda | step: where the Lagrange weights are computed
-    tolerance: float = 0.02        # adaptive: accumulated error budget between two computed steps
-    max_skips: int = 3             # adaptive: most consecutive skipped steps (also caps fixed in practice)
-    table: str = ""                # table mode: one char per step
-    max_amplification: float = 8.0  # guard: sum |w| above this -> use a lower order
-    offload: bool = False          # keep history on the CPU
-    exposure_delta: float = 1.0    # EB-Cache exposure-bias compensation: epsilon / delta (1 = off), see exposure.py
-    exposure_apply: str = "extrapolated"  # extrapolated: only on extrapolated calls; all: on every call
+    Every default comes from :data:`abcache_core.params.PARAMS`; the meaning of each field is its tooltip there.
+    """
+
+    mode: str = _field("mode")
+    order: int = _field("order")                 # history length k used for extrapolation (1 = plain reuse)
+    interval: int = _field("interval")           # fixed/paper: compute every interval-th step
+    warmup: int = _field("warmup")               # first steps always computed
+    final_steps: int = _field("final_steps")     # last steps always computed (0: none)
+    start_percent: float = _field("start_percent")  # caching allowed only in [start, end) of the schedule
+    end_percent: float = _field("end_percent")
+    coordinate: str = _field("coordinate")       # auto | sigma | lambda | step (auto: see resolved())
+    tolerance: float = _field("tolerance")       # adaptive: accumulated error budget between two computes
+    max_skips: int = _field("max_skips")         # adaptive: most consecutive skipped steps
+    table: str = _field("table")                 # table mode: one char per step
+    max_amplification: float = _field("max_amplification")  # guard: sum |w| above this -> lower order
+    cache_device: str = _field("cache_device")   # same | cpu (keep history on the CPU)
+    exposure_delta: float = _field("exposure_delta")  # EB-Cache exposure-bias compensation (1 = off)
+    exposure_apply: str = _field("exposure_apply")    # extrapolated | all
+
+    def resolved(self, flow: bool) -> "CacheSettings":
+        """These settings with coordinate ``auto`` made concrete: sigma for flow models, lambda for VP models."""
+        if self.coordinate != "auto":
+            return self
+        return dataclasses.replace(self, coordinate="sigma" if flow else "lambda")
 
     def validate(self) -> "CacheSettings":
-        """Raise ValueError with an actionable message for inconsistent settings."""
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.coordinate not in COORDINATES:
-            raise ValueError(f"coordinate must be one of {COORDINATES}, got {self.coordinate!r}")
-        if not (isinstance(self.order, int) and 1 <= self.order <= MAX_ORDER):
-            raise ValueError(f"order must be 1..{MAX_ORDER} (1 = plain reuse), got {self.order!r}")
-        if self.interval < 1:
-            raise ValueError(f"interval must be >= 1 (1 = compute every step), got {self.interval}")
-        if self.warmup < 0 or self.final_steps < 0:
-            raise ValueError("warmup and final_steps must be >= 0")
-        if not (0.0 <= self.start_percent <= 1.0 and 0.0 <= self.end_percent <= 1.0):
-            raise ValueError("start_percent and end_percent must lie in [0, 1]")
-        if self.start_percent > self.end_percent:
-            raise ValueError(f"start_percent ({self.start_percent}) must not exceed end_percent ({self.end_percent})")
-        if not (self.tolerance >= 0.0 and math.isfinite(self.tolerance)):
-            raise ValueError(f"tolerance must be a finite number >= 0, got {self.tolerance}")
-        if self.max_skips < 0:
-            raise ValueError(f"max_skips must be >= 0, got {self.max_skips}")
-        if not self.max_amplification >= 1.0:
-            raise ValueError(f"max_amplification must be >= 1, got {self.max_amplification}")
-        if self.mode == "adaptive" and self.order < 2:
-            raise ValueError("adaptive mode needs order >= 2: its error estimate compares order k with order k-1")
-        if self.mode == "table":
-            parse_table(self.table)
-        validate_exposure(self.exposure_delta, self.exposure_apply)
+        """Raise ValueError with an actionable message for out-of-range or inconsistent settings."""
+        check_values({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         return self
+
+
+def _check_window(start_percent: float, end_percent: float) -> None:
+    if start_percent > end_percent:
+        raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})")
+
+
+def _check_adaptive_order(mode: str, order: int) -> None:
+    if mode == "adaptive" and order < 2:
+        raise ValueError("adaptive mode needs order >= 2: its error estimate compares order k with order k-1")
+
+
+def _check_table(mode: str, table: str) -> None:
+    if mode == "table":
+        parse_table(table)
+
+
+# Rules between parameters: (the parameters a rule reads, the rule). One place per rule.
+CROSS_CHECKS = (
+    (("start_percent", "end_percent"), _check_window),
+    (("mode", "order"), _check_adaptive_order),
+    (("mode", "table"), _check_table),
+)
+
+
+def check_values(values: dict, params: Optional[dict] = None) -> None:
+    """Check each given value against its parameter (range, kind, choices) and every cross-check whose inputs
+    are all given. ``None`` means "not known yet" (a ComfyUI input fed by a link): its checks wait until it is.
+    ``params`` replaces table entries where a node offers a narrower range (e.g. order up to 4)."""
+    params = {**PARAMS, **(params or {})}
+    known = {k: params[k].check(v) for k, v in values.items() if v is not None}
+    for names, rule in CROSS_CHECKS:
+        if all(n in known for n in names):
+            rule(*(known[n] for n in names))
 
 
 # EB-Cache's shipped cache_table.npy (aSleepyTree/EB-Cache, DiT-XL/2, 50 DDPM steps) in sampling order:
@@ -122,14 +142,6 @@ def parse_table_codes(text: str) -> tuple[str, ...]:
 def parse_table(text: str) -> tuple[bool, ...]:
     """'FFFsFs...' or '1110 10...' -> tuple of compute flags (``a`` counts as compute)."""
     return tuple(c != "s" for c in parse_table_codes(text))
-
-
-def resample_table(table: Sequence[bool], steps: int) -> tuple[bool, ...]:
-    """Map a mask written for len(table) steps onto ``steps`` steps by nearest relative position."""
-    n = len(table)
-    if n == steps:
-        return tuple(table)
-    return tuple(bool(table[min(n - 1, int(i * n / steps))]) for i in range(steps))
 
 
 def derive_table(table: str, steps: int) -> str:

@@ -13,8 +13,8 @@ conditioning chunk):
     ...
     run.release()                               # always, in a finally
 
-History holds computed outputs only, never predictions (feeding predictions back is unstable,
-algorithms.md section 1.4). All methods are thread-safe.
+History holds computed outputs only, never predictions (feeding predictions back is unstable:
+errors compound from step to step). All methods are thread-safe.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 import torch
 
 from .policy import CacheSettings, planned_compute, step_position
-from .weights import amplification, binomial_weights, lagrange_weights
+from .weights import amplification, lagrange_weights, paper_weights
 
 
 @dataclasses.dataclass
@@ -57,15 +57,19 @@ def sigma_to_coordinate(sigma: float, coordinate: str, schedule: Sequence[float]
         return float(sigma)
     if coordinate == "lambda":
         return -math.log(max(float(sigma), 1e-12))
+    if coordinate != "step":
+        raise ValueError(f"coordinate must be sigma, lambda or step here, got {coordinate!r} "
+                         f"('auto' is resolved by CacheSettings.resolved)")
     pos = step_position(schedule, float(sigma))
     return float("nan") if pos is None else pos
 
 
 class CacheRun:
-    """State of one sampling call. ``schedule`` is the sigma schedule actually sampled (n + 1 values)."""
+    """State of one sampling call. ``schedule`` is the sigma schedule actually sampled (n + 1 values);
+    ``flow`` says whether the model is a flow model (decides coordinate ``auto``: sigma, else lambda)."""
 
-    def __init__(self, settings: CacheSettings, schedule: Sequence[float]):
-        self.settings = settings.validate()
+    def __init__(self, settings: CacheSettings, schedule: Sequence[float], flow: bool = True):
+        self.settings = settings.resolved(flow).validate()
         self.schedule = [float(s) for s in schedule]
         self.steps = max(len(self.schedule) - 1, 0)
         self.records: list[CallRecord] = []
@@ -76,7 +80,7 @@ class CacheRun:
         self._run = 0                           # consecutive skipped noise levels
         self._last_coord: Optional[float] = None
         nz = [s for s in self.schedule if s > 0]
-        span_pts = [sigma_to_coordinate(s, settings.coordinate, self.schedule) for s in (nz[:1] + nz[-1:])] if nz else []
+        span_pts = [sigma_to_coordinate(s, self.settings.coordinate, self.schedule) for s in (nz[:1] + nz[-1:])] if nz else []
         self._span = abs(span_pts[0] - span_pts[-1]) if len(span_pts) == 2 and span_pts[0] != span_pts[-1] else 1.0
 
     # -- deep copies (ComfyUI <= 0.13 deep-copies model_options): share the live run, never copy tensors
@@ -177,13 +181,12 @@ class CacheRun:
         entries = list(hist)  # most recent first
         k = min(s.order, len(entries))
         if s.mode == "paper":
-            w = binomial_weights(k)
-            if s.coordinate == "lambda" and k >= 1:
+            h = 0.0                   # Prop. 2 flow form
+            if s.coordinate == "lambda":
                 # Prop. 2 VP form, h = mean lambda spacing of the history (target - last for k = 1)
                 cs = [c for c, _ in entries[:k]]
                 h = (cs[0] - cs[-1]) / (k - 1) if k > 1 else target - cs[0]
-                w = [wi * math.exp((i + 1) * h) for i, wi in enumerate(w)]
-            return self._combine(entries[:k], w, k, float("nan"), device)
+            return self._combine(entries[:k], paper_weights(k, h), k, device)
         while k >= 1:
             w = lagrange_weights([c for c, _ in entries[:k]], target)
             if amplification(w) <= s.max_amplification and all(math.isfinite(x) for x in w):
@@ -191,13 +194,13 @@ class CacheRun:
             k -= 1
         if k < 1:
             return None
-        out = self._combine(entries[:k], w, k, float("nan"), device)
+        out = self._combine(entries[:k], w, k, device)
         if out is None or not (want_estimate or s.mode == "adaptive"):
             return out
         if k < 2:
             return out[0], k, float("inf")
         w_lo = lagrange_weights([c for c, _ in entries[: k - 1]], target)
-        lo = self._combine(entries[: k - 1], w_lo, k - 1, float("nan"), device)
+        lo = self._combine(entries[: k - 1], w_lo, k - 1, device)
         if lo is None:
             return None
         hi_t, lo_t = out[0].float(), lo[0].float()
@@ -206,7 +209,8 @@ class CacheRun:
         return out[0], k, err
 
     @staticmethod
-    def _combine(entries, weights, k, err, device):
+    def _combine(entries, weights, k, device):
+        """(sum_j w_j y_j in float32 or wider, cast back; the order k; NaN error) or None if not finite."""
         ref = entries[0][1]
         dev = ref.device if device is None else device
         acc = None
@@ -216,7 +220,7 @@ class CacheRun:
             acc = term if acc is None else acc.add_(term)
         if acc is None or not bool(torch.isfinite(acc).all()):
             return None
-        return acc.to(ref.dtype), k, err
+        return acc.to(ref.dtype), k, float("nan")
 
     # ------------------------------------------------------------------ history
     def record(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor]) -> None:
@@ -231,7 +235,7 @@ class CacheRun:
                 prev = self._hist.get(key)
                 if n == 0 and prev and prev[0][1].shape == y.shape and prev[0][0] != c:
                     self._note_change(float(sigma), y, prev[0][1])
-                if self.settings.offload and y.device.type != "cpu":
+                if self.settings.cache_device == "cpu" and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
                 h = self._hist.get(key)
                 if h is None or h.maxlen != maxlen:

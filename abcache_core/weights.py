@@ -4,23 +4,21 @@ Every rule here returns weights w_j (most recent history entry first) so that th
     y(c*) ~= sum_j w_j * y_j.
 
 * ``lagrange_weights`` -- w_j = prod_{l != j} (c* - c_l) / (c_j - c_l), exact for polynomials of degree
-  k-1 on any grid (algorithms.md section 4.1). This is the rule the pack uses by default, with c = sigma for
+  k-1 on any grid (docs/DESIGN.md, "Extrapolation"). This is the rule the pack uses by default, with c = sigma for
   flow models and c = lambda = -log(sigma) for VP models.
 * ``binomial_weights`` -- (-1)^(i+1) C(k, i), the AB-Cache paper's Prop. 2 for flow matching. It equals
   ``lagrange_weights`` only when the history is k consecutive, evenly spaced steps and the target is the
   next one.
 * ``paper_weights`` -- Prop. 2 with the exponential factors e^(i h) of the VP/epsilon form (h = lambda step).
-* ``adams_bashforth_coefficients`` -- the b_j of the paper's Appendix A / Table 4 (exact fractions).
 
 All arithmetic is float64 on Python scalars: a handful of numbers per model call.
 """
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Sequence
 
-MAX_ORDER = 5
+from .params import MAX_ORDER
 
 
 def binomial_weights(k: int) -> list[float]:
@@ -65,31 +63,6 @@ def lagrange_weights(coords: Sequence[float], target: float) -> list[float]:
 def amplification(weights: Sequence[float]) -> float:
     """sum |w_j|: how much the rule amplifies noise in the history (1 for plain reuse)."""
     return float(sum(abs(w) for w in weights))
-
-
-def adams_bashforth_coefficients(k: int) -> list[Fraction]:
-    """b_j = integral_0^1 L_j(s) ds with L_j the Lagrange basis on s = 0, -1, ..., -(k-1) (Appendix A).
-
-    k=2 -> (3/2, -1/2); k=3 -> (23/12, -4/3, 5/12); ... (Table 4). Exact rational arithmetic.
-    """
-    _check_order(k)
-    nodes = [Fraction(-m) for m in range(k)]
-    out = []
-    for j in range(k):
-        # Polynomial L_j(s) as a coefficient list (lowest degree first), built by multiplying factors.
-        poly = [Fraction(1)]
-        for m in range(k):
-            if m == j:
-                continue
-            den = nodes[j] - nodes[m]
-            # multiply poly by (s - nodes[m]) / den
-            new = [Fraction(0)] * (len(poly) + 1)
-            for p, a in enumerate(poly):
-                new[p + 1] += a / den
-                new[p] += -nodes[m] * a / den
-            poly = new
-        out.append(sum(a / (p + 1) for p, a in enumerate(poly)))
-    return out
 
 
 def _check_order(k: int) -> None:

@@ -95,18 +95,16 @@ class Bench:
         return torch.cat(imgs), spy.calls / len(self.classes), dt
 
     # -------------------------------------------------------------------------------- method factories
-    def ab(self, order, interval, warmup, mode="fixed", tolerance=0.01, max_skips=3, final_steps=1, table="",
-           delta=1.0, delta_apply="extrapolated"):
-        return self.nodes.ABCacheAdvancedNode.execute(
-            self.patcher, order, interval, warmup, mode=mode, coordinate="auto", tolerance=tolerance,
-            max_skips=max_skips, start_percent=0.0, end_percent=1.0, final_steps=final_steps, table=table,
-            cache_device="same", verbose=False, exposure_delta=delta, exposure_apply=delta_apply)[0]
+    def ab(self, order, interval, warmup, **inputs):
+        """AB-Cache (Advanced) with these inputs; the rest at the node's defaults."""
+        return self.harness.apply_node(self.nodes.ABCacheAdvancedNode, self.patcher, order=order, interval=interval,
+                                       warmup=warmup, **inputs)
 
     def blocks(self, order=1, table="eb50", delta=1.0):
         """EB-Cache-style block-level caching (nodes/blocks.py): first block always, the rest per table."""
-        return self.nodes.ABCacheFluxBlocksNode.execute(self.patcher, compute_blocks=1, order=order, mode="table",
-                                                         table=table, exposure_delta=delta,
-                                                         exposure_apply="all")[0]
+        return self.harness.apply_node(self.nodes.ABCacheFluxBlocksNode, self.patcher, compute_blocks=1,
+                                       order=order, mode="table", table=table, exposure_delta=delta,
+                                       exposure_apply="all")
 
     def easycache(self, threshold, lazy=False, fair=True):
         import comfy.patcher_extension as pe
@@ -194,12 +192,12 @@ def run_setting(b: Bench, s: Setting, quick: bool) -> list[Row]:
     for delta in (1.0, 0.965):
         tag = "" if delta == 1.0 else f", delta {delta}"
         candidates.append(("EB", f"EB-Cache table eb50, reuse (k=1){tag}",
-                           b.ab(1, 4, 0, mode="table", table="eb50", final_steps=0, delta=delta, delta_apply="all"), None))
+                           b.ab(1, 4, 0, mode="table", table="eb50", final_steps=0, exposure_delta=delta, exposure_apply="all"), None))
         candidates.append(("EB", f"EB-Cache table eb50 + AB k=2{tag}",
-                           b.ab(2, 4, 0, mode="table", table="eb50", final_steps=0, delta=delta, delta_apply="all"), None))
+                           b.ab(2, 4, 0, mode="table", table="eb50", final_steps=0, exposure_delta=delta, exposure_apply="all"), None))
         candidates.append(("EB", f"EB-Cache FLUX blocks eb50 (k=1){tag}", b.blocks(1, "eb50", delta), None))
     candidates.append(("fixed", "AB-Cache fixed k=2, interval 4, delta 0.965 on extrapolated",
-                       b.ab(2, 4, 3, delta=0.965, delta_apply="extrapolated"), None))
+                       b.ab(2, 4, 3, exposure_delta=0.965, exposure_apply="extrapolated"), None))
     rows = []
     times = {}
     for bname, name, model, steps in candidates:
@@ -246,7 +244,7 @@ def fmt_table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-SUMMARY_HEAD = ("Targets (issue: 50-step Euler with CFG at 1/3 of the calls >= 45 dB, >= 8 dB over fewer steps, "
+SUMMARY_HEAD = ("Targets (50-step Euler with CFG at 1/3 of the calls >= 45 dB, >= 8 dB over fewer steps, "
                 ">= 12 dB over fair EasyCache; at 1/4 >= 40 dB), best AB-Cache setting per budget:\n\n")
 DEFAULTS_NOTE = (
     "Node defaults chosen from this table: **order 2, interval 4, warm-up 3** (the row \"AB-Cache fixed k=2, "
@@ -275,7 +273,7 @@ def rows_from_markdown(text: str) -> list[Row]:
 
 
 def summarize(rows: list[Row]) -> str:
-    """The issue's targets, checked on the rows (reported as measured, met or not)."""
+    """The published targets, checked on the rows (reported as measured, met or not)."""
     def best(setting, budget, prefix):
         rs = [r for r in rows if r.setting == setting and r.budget == budget and r.method.startswith(prefix)]
         return max(rs, key=lambda r: r.psnr, default=None)

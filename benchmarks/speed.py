@@ -14,6 +14,7 @@ Writes the section between ``<!-- speed:begin -->`` and ``<!-- speed:end -->`` o
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import sys
@@ -46,8 +47,7 @@ def wrapper_cost(n, case, forward_s: float, steps: int, reps: int = 20) -> str:
     u = uuid.uuid4()
 
     def one_run(settings):
-        spec = w.CacheSpec(settings, "sigma", False, None)
-        active = w.ActiveRun(spec, settings, sched, "diffusion_model")
+        active = w.ActiveRun(w.CacheSpec(settings), sched, "diffusion_model", flow=True)
         t_comp = t_skip = 0.0
         for s in sched[:-1]:
             to = {"sigmas": torch.tensor([s]), "uuids": [u]}
@@ -63,8 +63,8 @@ def wrapper_cost(n, case, forward_s: float, steps: int, reps: int = 20) -> str:
         active.run.release()
         return t_comp / max(s["computed"], 1), t_skip / max(s["skipped"], 1)
 
-    comp = [one_run(CacheSettings(order=2, interval=1, warmup=3))[0] for _ in range(reps)]
-    both = [one_run(CacheSettings(order=2, interval=4, warmup=3)) for _ in range(reps)]
+    comp = [one_run(CacheSettings(interval=1))[0] for _ in range(reps)]
+    both = [one_run(CacheSettings()) for _ in range(reps)]
     c, k = statistics.median(comp), statistics.median(b[1] for b in both)
     return (f"Wrapper cost measured directly (the wrapper code around a zero-cost forward, real-size tensors, "
             f"median of {reps} runs): **{1e3 * c:.2f} ms per computed call = {100 * c / forward_s:.2f}% of one "
@@ -98,15 +98,14 @@ def main(argv=None) -> int:
                              latent_shape=(1, 16, side, side))
     dev = mm.get_torch_device()
     pos, neg = case.positive(1), case.negative(2)
-    adv = dict(coordinate="auto", tolerance=0.01, max_skips=3, start_percent=0.0, end_percent=1.0,
-               final_steps=1, table="", cache_device="same", verbose=False)
+    node = functools.partial(harness.apply_node, model=case.patcher)
     variants = {
         "unpatched": case.patcher,
-        "AB-Cache, interval 1 (overhead)": n.ABCacheNode.execute(case.patcher, 2, 1, 3)[0],
-        "AB-Cache defaults (order 2, interval 4)": n.ABCacheNode.execute(case.patcher, 2, 4, 3)[0],
-        "AB-Cache order 3, interval 3": n.ABCacheNode.execute(case.patcher, 3, 3, 3)[0],
-        "AB-Cache paper (i<5 or i%6==0)": n.ABCacheAdvancedNode.execute(case.patcher, 2, 6, 5, mode="paper",
-                                                                         **{**adv, "final_steps": 0})[0],
+        "AB-Cache, interval 1 (overhead)": node(n.ABCacheNode, interval=1),
+        "AB-Cache defaults": node(n.ABCacheNode),
+        "AB-Cache order 3, interval 3": node(n.ABCacheNode, order=3, interval=3),
+        "AB-Cache paper (i<5 or i%6==0)": node(n.ABCacheAdvancedNode, order=2, interval=6, warmup=5, mode="paper",
+                                               final_steps=0),
     }
     spied = {k: harness.with_spy(m) for k, m in variants.items()}
     times = {k: [] for k in variants}

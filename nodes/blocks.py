@@ -30,18 +30,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from comfy_api.latest import io
 
 import comfy.patcher_extension as pe
 
-from ..abcache_core import EXPOSURE_APPLY, MAX_ORDER, CacheRun, CacheSettings
+from ..abcache_core import PARAMS, CacheRun, CacheSettings
+from ..abcache_core.policy import check_values
+from .inputs import node_param, widget
 from .wrappers import (
     KEY,
     OTHER_CACHE_KEYS,
-    TelemetrySink,
     _split,
     _window_key,
     active_in_apply_model,
@@ -64,13 +65,9 @@ NAME = "AB-Cache FLUX blocks"
 class BlockCacheSpec:
     """What the node stores on the model: configuration only (deep-copy safe)."""
 
-    settings: CacheSettings        # mode fixed/table, order, interval, warm-up, table, offload, exposure
-    compute_blocks: int = 1        # first blocks (execution order) that run on every step
-    sink: Any = None               # TelemetrySink (shared) or None
+    settings: CacheSettings        # mode fixed/table, order, interval, warm-up, table, cache device, exposure
+    compute_blocks: int            # first blocks (execution order) that run on every step
     name: str = NAME               # how other step caches name it in their messages
-
-    def resolve(self, model_sampling) -> CacheSettings:
-        return dataclasses.replace(self.settings, coordinate="sigma" if is_flow(model_sampling) else "lambda")
 
 
 def flux_family_classes() -> tuple:
@@ -113,9 +110,9 @@ class BlockRun:
 
     name = NAME
 
-    def __init__(self, spec: BlockCacheSpec, settings: CacheSettings, schedule, n_double: int, flow: bool):
+    def __init__(self, spec: BlockCacheSpec, schedule, n_double: int, flow: bool):
         self.spec = spec
-        self.run = CacheRun(settings, schedule)
+        self.run = CacheRun(spec.settings, schedule, flow=flow)
         self.n_double = n_double
         self.flow = flow
         self.lock = threading.Lock()
@@ -143,10 +140,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 
 
 def _start(spec: BlockCacheSpec, model, schedule) -> BlockRun:
-    settings = spec.resolve(model.model_sampling)
     n_double, _ = block_counts(model.diffusion_model)
-    warn_if_nothing_to_skip(NAME, settings, len(schedule) - 1)
-    return BlockRun(spec, settings, schedule, n_double, is_flow(model.model_sampling))
+    warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
+    return BlockRun(spec, schedule, n_double, is_flow(model.model_sampling))
 
 
 def _finish(active: BlockRun) -> None:
@@ -158,17 +154,6 @@ def _finish(active: BlockRun) -> None:
                  "reused (%.2fx fewer) [%s, order %d]", NAME, s["computed"], s["calls"], active.spec.compute_blocks,
                  active.blocks_reused, total, total / active.blocks_run if active.blocks_run else 1.0,
                  run.settings.mode, run.settings.order)
-        if active.spec.sink is not None:
-            active.spec.sink.put({
-                "summary": s,
-                "settings": dataclasses.asdict(run.settings),
-                "schedule": list(run.schedule),
-                "level": "blocks",
-                "compute_blocks": active.spec.compute_blocks,
-                "blocks_run": active.blocks_run,
-                "blocks_reused": active.blocks_reused,
-                "records": [dataclasses.asdict(r) for r in run.records],
-            })
     finally:
         run.release()
         active.signatures.clear()
@@ -305,7 +290,7 @@ def _store(call: _Call, name, streams, args, out) -> None:
 
 
 # -------------------------------------------------------------------------------------------- apply
-def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = 1, sink=None):
+def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = PARAMS["compute_blocks"].default):
     """Clone ``model`` and attach block-level caching. Re-applying replaces an earlier one."""
     dm = getattr(getattr(model, "model", None), "diffusion_model", None)
     if dm is None:
@@ -314,11 +299,11 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = 1, s
         raise ValueError(f"{NAME}: works only with FLUX-family models (FLUX.1 dev/schnell/Kontext, Chroma), whose "
                          f"blocks ComfyUI exposes as dit double/single block hooks; this model is "
                          f"{type(dm).__name__}. Use AB-Cache or AB-Cache (Advanced) for it.")
-    if settings.mode not in ("fixed", "table"):
-        raise ValueError(f"{NAME}: mode must be 'fixed' or 'table', got {settings.mode!r}")
-    if compute_blocks < 0:
-        raise ValueError(f"{NAME}: compute_blocks must be >= 0, got {compute_blocks}")
-    settings = settings.validate()
+    try:
+        check_values(dict(mode=settings.mode, compute_blocks=compute_blocks), BLOCK_PARAMS)
+        settings = settings.validate()
+    except ValueError as e:
+        raise ValueError(f"{NAME}: {e}") from None
     m = fresh_clone(model, KEY_BLOCKS, NAME, _other_caches(model.model_options))
     n_double, n_single = block_counts(dm)
     current = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
@@ -328,7 +313,7 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = 1, s
             if getattr(prev, "abcache_block", False):
                 prev = prev.abcache_prev        # re-applied: replace ours, keep what was under it
             m.set_model_patch_replace(_make_block_patch(kind, i, prev), "dit", kind, i)
-    m.model_options["transformer_options"][KEY_BLOCKS] = BlockCacheSpec(settings, int(compute_blocks), sink)
+    m.model_options["transformer_options"][KEY_BLOCKS] = BlockCacheSpec(settings, int(compute_blocks))
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY_BLOCKS, outer_sample_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY_BLOCKS, apply_model_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY_BLOCKS, diffusion_model_wrapper)
@@ -336,30 +321,38 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = 1, s
 
 
 # --------------------------------------------------------------------------------------------- node
-_TIPS = {
-    "model": "A FLUX-family model (FLUX.1 dev/schnell/Kontext, Chroma). Other models are refused: use AB-Cache "
-             "(Advanced) for them.",
-    "compute_blocks": "Blocks (in execution order: the double-stream blocks, then the single-stream blocks; "
-                      "FLUX.1 has 19 + 38) that run on every step. The later blocks reuse or extrapolate their "
-                      "cached residual on skipped steps. 0 = reuse every block on skipped steps.",
-    "order": "How many computed steps each reused residual is extrapolated from: 1 = reuse the last one "
-             "(FORA / EB-Cache), 2 = linear in sigma, 3-4 = higher order.",
-    "mode": "table: follow the per-step table. fixed: after warm-up, run all blocks on every interval-th step.",
-    "table": "table mode: one code per step, F or 1 = run all blocks, s, 0 or 2 = reuse the cached blocks, a = "
-             "EB-Cache's 'reuse attention only' (not possible through the block hooks: runs all blocks). "
-             "'eb50' = EB-Cache's published 50-step table (34 of 50 steps run); a table written for another "
-             "step count is derived for the schedule (first and last step run, same fraction run).",
-    "interval": "fixed mode: after warm-up, run all blocks on every N-th step (1 = no reuse).",
-    "warmup": "First steps that always run all blocks (both modes).",
-    "final_steps": "Last steps that always run all blocks (both modes).",
-    "cache_device": "Where the cached block residuals are kept: 'same' as the model (fastest) or 'cpu' (saves "
-                    "GPU memory: FLUX.1 at 1024x1024 stores about 28 MB per block, chunk and history entry "
-                    "in bf16).",
-    "exposure_delta": "Exposure-bias compensation (EB-Cache): the model's noise estimate is divided by this "
-                      "value (0.965 enlarges it by 3.6%, EB-Cache's value). 1 = off.",
-    "exposure_apply": "Where exposure_delta applies: 'extrapolated' = only on steps that reused blocks; 'all' = on "
-                      "every model call (as EB-Cache does).",
+# What the node shows, in widget order. Defaults, choices and wording that differ from the core's table on
+# purpose (EB-Cache's published table and plain reuse are this node's starting point):
+BLOCK_NODE_DEFAULTS = dict(order=1, mode="table", table="eb50", interval=2)
+BLOCK_MODES = ("table", "fixed")
+BLOCK_PARAMS = {
+    "compute_blocks": node_param("compute_blocks"),
+    "order": node_param("order", default=BLOCK_NODE_DEFAULTS["order"], tooltip=(
+        "How many computed steps each reused residual is extrapolated from: 1 = reuse the last one (FORA / "
+        "EB-Cache), 2 = linear in sigma, 3-4 = higher order.")),
+    "mode": node_param("mode", default=BLOCK_NODE_DEFAULTS["mode"], choices=BLOCK_MODES, tooltip=(
+        "table: follow the per-step table. fixed: after warm-up, run all blocks on every interval-th step.")),
+    "table": node_param("table", default=BLOCK_NODE_DEFAULTS["table"], tooltip=(
+        "table mode: one code per step, F or 1 = run all blocks, s, 0 or 2 = reuse the cached blocks, a = "
+        "EB-Cache's 'reuse attention only' (not possible through the block hooks: runs all blocks). 'eb50' = "
+        "EB-Cache's published 50-step table (34 of 50 steps run); a table written for another step count is "
+        "derived for the schedule (first and last step run, same fraction run).")),
+    "interval": node_param("interval", default=BLOCK_NODE_DEFAULTS["interval"], tooltip=(
+        "fixed mode: after warm-up, run all blocks on every N-th step (1 = no reuse).")),
+    "warmup": node_param("warmup", tooltip="First steps that always run all blocks (both modes)."),
+    "final_steps": node_param("final_steps", tooltip="Last steps that always run all blocks (both modes)."),
+    "cache_device": node_param("cache_device", tooltip=(
+        "Where the cached block residuals are kept: 'same' as the model (fastest) or 'cpu' (saves GPU memory: "
+        "FLUX.1 at 1024x1024 stores about 28 MB per block, chunk and history entry in bf16).")),
+    "exposure_delta": node_param("exposure_delta", tooltip=(
+        "Exposure-bias compensation (EB-Cache): the model's noise estimate is divided by this value (0.965 "
+        "enlarges it by 3.6%, EB-Cache's value). 1 = off.")),
+    "exposure_apply": node_param("exposure_apply", tooltip=(
+        "Where exposure_delta applies: 'extrapolated' = only on steps that reused blocks; 'all' = on every model "
+        "call (as EB-Cache does).")),
 }
+MODEL_TIP = ("A FLUX-family model (FLUX.1 dev/schnell/Kontext, Chroma). Other models are refused: use AB-Cache "
+             "(Advanced) for them.")
 
 
 class ABCacheFluxBlocksNode(io.ComfyNode):
@@ -369,55 +362,34 @@ class ABCacheFluxBlocksNode(io.ComfyNode):
             node_id="ABCacheFluxBlocks",
             display_name="AB-Cache FLUX blocks (EB-Cache style)",
             category=CATEGORY,
-            description="Block-level cache for FLUX and Chroma through ComfyUI's block hooks: on skipped steps the "
-                        "first blocks run and every later block adds its cached (order 1) or extrapolated "
-                        "residual instead of running. Steps follow a table (EB-Cache's published one by default) "
-                        "or a fixed interval; optional EB-Cache exposure-bias compensation.",
-            inputs=[
-                io.Model.Input("model", tooltip=_TIPS["model"]),
-                io.Int.Input("compute_blocks", default=1, min=0, max=200, step=1, tooltip=_TIPS["compute_blocks"]),
-                io.Int.Input("order", default=1, min=1, max=MAX_ORDER, step=1, tooltip=_TIPS["order"]),
-                io.Combo.Input("mode", options=["table", "fixed"], default="table", tooltip=_TIPS["mode"]),
-                io.String.Input("table", default="eb50", multiline=False, tooltip=_TIPS["table"]),
-                io.Int.Input("interval", default=2, min=1, max=20, step=1, tooltip=_TIPS["interval"]),
-                io.Int.Input("warmup", default=3, min=0, max=200, step=1, tooltip=_TIPS["warmup"]),
-                io.Int.Input("final_steps", default=1, min=0, max=50, step=1, tooltip=_TIPS["final_steps"]),
-                io.Combo.Input("cache_device", options=["same", "cpu"], default="same", tooltip=_TIPS["cache_device"]),
-                io.Float.Input("exposure_delta", default=1.0, min=0.8, max=1.2, step=0.001,
-                               tooltip=_TIPS["exposure_delta"]),
-                io.Combo.Input("exposure_apply", options=list(EXPOSURE_APPLY), default="extrapolated",
-                               tooltip=_TIPS["exposure_apply"]),
-            ],
+            description="Experimental. Block-level cache for FLUX and Chroma through ComfyUI's block hooks: on "
+                        "skipped steps the first blocks run and every later block adds its cached (order 1) or "
+                        "extrapolated residual instead of running. Steps follow a table (EB-Cache's published one "
+                        "by default) or a fixed interval; optional EB-Cache exposure-bias compensation. On a "
+                        "4-block test model it stayed far below output-level caching: prefer AB-Cache.",
+            inputs=[io.Model.Input("model", tooltip=MODEL_TIP)] + [widget(p) for p in BLOCK_PARAMS.values()],
             outputs=[io.Model.Output(tooltip="The model with block caching attached. Connect it to the sampler.")],
+            is_experimental=True,
         )
 
     @classmethod
-    def validate_inputs(cls, mode="table", table="eb50", order=1, compute_blocks=1, cache_device="same",
-                        exposure_delta=1.0, exposure_apply="extrapolated", **kwargs):
+    def validate_inputs(cls, mode=None, table=None):
+        """Only the cross-checked inputs (ComfyUI range-checks the rest); linked inputs arrive as None."""
         try:
-            _settings(mode, order, 2, 3, 1, table, cache_device, exposure_delta, exposure_apply)
+            check_values(dict(mode=mode, table=table), BLOCK_PARAMS)
         except ValueError as e:
-            return str(e)
+            return f"{NAME}: {e}"
         return True
 
     @classmethod
-    def execute(cls, model, compute_blocks=1, order=1, mode="table", table="eb50", interval=2, warmup=3,
-                final_steps=1, cache_device="same", exposure_delta=1.0,
-                exposure_apply="extrapolated") -> io.NodeOutput:
-        settings = _settings(mode, order, interval, warmup, final_steps, table, cache_device, exposure_delta,
-                             exposure_apply)
-        return io.NodeOutput(apply_block_cache(model, settings, int(compute_blocks), sink=TelemetrySink()))
-
-
-def _settings(mode, order, interval, warmup, final_steps, table, cache_device, exposure_delta,
-              exposure_apply) -> CacheSettings:
-    if mode not in ("table", "fixed"):
-        raise ValueError(f"{NAME}: mode must be 'table' or 'fixed', got {mode!r}")
-    if cache_device not in ("same", "cpu"):
-        raise ValueError(f"{NAME}: cache_device must be 'same' or 'cpu', got {cache_device!r}")
-    try:
-        return CacheSettings(mode=str(mode), order=int(order), interval=int(interval), warmup=int(warmup),
-                             final_steps=int(final_steps), table=str(table or ""), offload=cache_device == "cpu",
-                             exposure_delta=float(exposure_delta), exposure_apply=str(exposure_apply)).validate()
-    except ValueError as e:
-        raise ValueError(f"{NAME}: {e}") from None
+    def execute(cls, model, compute_blocks, order, mode, table, interval, warmup, final_steps, cache_device,
+                exposure_delta, exposure_apply) -> io.NodeOutput:
+        inputs = dict(order=order, mode=mode, table=table, interval=interval, warmup=warmup,
+                      final_steps=final_steps, cache_device=cache_device, exposure_delta=exposure_delta,
+                      exposure_apply=exposure_apply)
+        try:
+            check_values(inputs, BLOCK_PARAMS)
+            settings = CacheSettings(**inputs)
+        except ValueError as e:
+            raise ValueError(f"{NAME}: {e}") from None
+        return io.NodeOutput(apply_block_cache(model, settings, compute_blocks))

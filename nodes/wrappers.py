@@ -63,16 +63,9 @@ class TelemetrySink:
 class CacheSpec:
     """What the node stores on the model: configuration only (deep-copy safe)."""
 
-    settings: CacheSettings
-    coordinate: str = "auto"       # auto: sigma for flow models, lambda for VP models
+    settings: CacheSettings        # coordinate "auto" is resolved per model at the start of each run
     verbose: bool = False
     sink: Any = None               # TelemetrySink (shared) or None
-
-    def resolve(self, model_sampling) -> CacheSettings:
-        coord = self.coordinate
-        if coord == "auto":
-            coord = "sigma" if is_flow(model_sampling) else "lambda"
-        return dataclasses.replace(self.settings, coordinate=coord)
 
 
 def is_flow(model_sampling) -> bool:
@@ -89,11 +82,11 @@ def has_diffusion_model_hook(diffusion_model) -> bool:
 class ActiveRun:
     """Per-sampling-call state shared by the wrappers of one run."""
 
-    def __init__(self, spec: CacheSpec, settings: CacheSettings, schedule, level: str):
+    def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool):
         self.spec = spec
-        self.run = CacheRun(settings, schedule)
+        self.run = CacheRun(spec.settings, schedule, flow=flow)
         self.level = level                     # "diffusion_model" or "apply_model"
-        self.flow = False                      # CONST (flow) model sampling: the exposure rescale's space
+        self.flow = flow                       # CONST (flow) model sampling: the exposure rescale's space
         self.lock = threading.Lock()
         self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
         self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
@@ -172,11 +165,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 
 
 def _start(spec: CacheSpec, model, schedule) -> ActiveRun:
-    settings = spec.resolve(model.model_sampling)
     level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
-    active = ActiveRun(spec, settings, schedule, level)
-    active.flow = is_flow(model.model_sampling)
-    warn_if_nothing_to_skip("AB-Cache", settings, len(schedule) - 1)
+    active = ActiveRun(spec, schedule, level, is_flow(model.model_sampling))
+    warn_if_nothing_to_skip("AB-Cache", spec.settings, len(schedule) - 1)
     return active
 
 
@@ -360,11 +351,11 @@ def fresh_clone(model, key: str, name: str, others: list):
     return m
 
 
-def apply_ab_cache(model, settings: CacheSettings, coordinate: str = "auto", verbose: bool = False, sink=None):
+def apply_ab_cache(model, settings: CacheSettings, verbose: bool = False, sink=None):
     """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
     settings = settings.validate()
     m = fresh_clone(model, KEY, "AB-Cache", other_caches(model.model_options))
-    m.model_options["transformer_options"][KEY] = CacheSpec(settings, coordinate, verbose, sink)
+    m.model_options["transformer_options"][KEY] = CacheSpec(settings, verbose, sink)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)

@@ -18,8 +18,9 @@ SAMPLERS = ["euler", "dpmpp_2m", "uni_pc", "ddim", "res_multistep", "lcm", "heun
 STEPS = 10
 
 
-def _abcache(env, model, order=2, interval=3, warmup=2, **adv):
-    return env.harness.abcache(env.nodes, model, order, interval, warmup, **adv)
+def _abcache(env, model, *schedule, **inputs):
+    """AB-Cache as a graph applies it; positional ``order, interval, warmup`` (harness.TEST_SCHEDULE if omitted)."""
+    return env.harness.abcache(env.nodes, model, **dict(zip(("order", "interval", "warmup"), schedule)), **inputs)
 
 
 def _expected(spy, settings):
@@ -243,8 +244,8 @@ def test_concurrent_chunks_from_several_threads(env):
             out.append(w._cached_call(active, to, x, lambda: forward_for(u)(x, s), space="raw"))
 
     def run(threaded):
-        spec = w.CacheSpec(CacheSettings(order=2, interval=3, warmup=2), "sigma", False, None)
-        active = w.ActiveRun(spec, spec.settings, sched, "diffusion_model")
+        spec = w.CacheSpec(CacheSettings(order=2, interval=3, warmup=2))
+        active = w.ActiveRun(spec, sched, "diffusion_model", flow=True)
         outs = {u: [] for u in uuids}
         if threaded:
             ts = [threading.Thread(target=drive, args=(active, u, outs[u])) for u in uuids]

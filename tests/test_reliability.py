@@ -23,8 +23,9 @@ SOAK_RUNS = 100
 FUZZ_EXAMPLES = 60
 
 
-def _cached(env, model, order=2, interval=3, warmup=2, **adv):
-    return env.harness.abcache(env.nodes, model, order, interval, warmup, **adv)
+def _cached(env, model, *schedule, **inputs):
+    """AB-Cache as a graph applies it; positional ``order, interval, warmup`` (harness.TEST_SCHEDULE if omitted)."""
+    return env.harness.abcache(env.nodes, model, **dict(zip(("order", "interval", "warmup"), schedule)), **inputs)
 
 
 def _live_runs(env):
@@ -181,11 +182,8 @@ BAD_ADVANCED = [
 @pytest.mark.parametrize("bad,message", BAD_ADVANCED)
 def test_bad_input_gets_actionable_error(env, bad, message):
     case = env.case("flux_dev")
-    kw = dict(order=2, interval=3, warmup=2, mode="fixed", coordinate="auto", tolerance=0.01, max_skips=3,
-              start_percent=0.0, end_percent=1.0, final_steps=1, table="", cache_device="same", verbose=False)
-    kw.update(bad)
     with pytest.raises(ValueError, match=message):
-        env.nodes.ABCacheAdvancedNode.execute(case.patcher, **kw)
+        env.harness.apply_node(env.nodes.ABCacheAdvancedNode, case.patcher, **bad)
 
 
 def test_validation_reports_inconsistent_widgets(env):

@@ -26,7 +26,12 @@ HERE = Path(__file__).resolve().parent
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(HERE.parent))
 
-from abcache_core import CacheSettings, plan  # noqa: E402  (pure torch, never imports ComfyUI)
+from abcache_core import PARAMS, CacheSettings, plan  # noqa: E402  (pure torch, never imports ComfyUI)
+from abcache_core.params import (  # noqa: E402
+    ADVANCED_NODE_INPUTS,
+    ADVANCED_NODE_OPTIONAL,
+    SIMPLE_NODE_INPUTS,
+)
 
 # --------------------------------------------------------------------------------------------- node schemas
 # "sockets | widgets | outputs". Sockets are name:TYPE. Widgets are listed in the order of the node's
@@ -71,10 +76,6 @@ NODES = {
     "VAEDecodeTiled": "samples:LATENT vae:VAE | tile_size overlap temporal_size temporal_overlap | IMAGE",
     "SaveImage": "images:IMAGE | filename_prefix |",
     "SaveAnimatedWEBP": "images:IMAGE | filename_prefix fps lossless=False quality=90 method=default |",
-    "ABCache": "model:MODEL | order interval warmup | MODEL",
-    "ABCacheAdvanced": "model:MODEL | order interval warmup mode=fixed coordinate=auto tolerance=0.01"
-                       " max_skips=3 start_percent=0.0 end_percent=1.0 final_steps=1 table= cache_device=same"
-                       " verbose=False exposure_delta=1.0 exposure_apply=extrapolated | MODEL",
     "Note": " | text |",  # frontend-only: never part of the API format
 }
 UI_ONLY_WIDGETS = {"control_after_generate", "upload"}
@@ -97,7 +98,14 @@ class Schema:
     outputs: list[tuple[str, str]]
 
 
+# This pack's nodes: widgets and defaults from the core's parameter table, their one home.
+PACK_NODES = {"ABCache": SIMPLE_NODE_INPUTS, "ABCacheAdvanced": ADVANCED_NODE_INPUTS + ADVANCED_NODE_OPTIONAL}
+
+
 def schema(node_type: str) -> Schema:
+    if node_type in PACK_NODES:
+        return Schema(sockets=[("model", "MODEL")], outputs=[("MODEL", "MODEL")],
+                      widgets=[(n, PARAMS[n].default) for n in PACK_NODES[node_type]])
     sockets, widgets, outputs = (part.split() for part in NODES[node_type].split("|"))
     return Schema(
         sockets=[tuple(s.split(":")) for s in sockets],
