@@ -74,12 +74,15 @@ class ABCacheAdvancedNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, mode=None, order=None, table=None, start_percent=None, end_percent=None):
-        """Only the inputs that are cross-checked (ComfyUI range-checks every other input itself). An input fed
-        by a link arrives as None here; it is checked at execution with the same message."""
+    def validate_inputs(cls, mode=None, order=None, table=None, start_percent=None, end_percent=None,
+                        coordinate=None, cache_device=None, exposure_apply=None):
+        """Only the inputs that are cross-checked, and the combos (ComfyUI 0.3.75 does not check a v3 combo's
+        value); ComfyUI range-checks every other input itself. An input fed by a link arrives as None here; it
+        is checked at execution with the same message."""
         try:
             check_values(dict(mode=mode, order=order, table=table, start_percent=start_percent,
-                              end_percent=end_percent), ADVANCED)
+                              end_percent=end_percent, coordinate=coordinate, cache_device=cache_device,
+                              exposure_apply=exposure_apply), ADVANCED | ADVANCED_OPTIONAL)
         except ValueError as e:
             return f"AB-Cache: {e}"
         return True

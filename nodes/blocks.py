@@ -373,10 +373,12 @@ class ABCacheFluxBlocksNode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, mode=None, table=None):
-        """Only the cross-checked inputs (ComfyUI range-checks the rest); linked inputs arrive as None."""
+    def validate_inputs(cls, mode=None, table=None, cache_device=None, exposure_apply=None):
+        """Only the cross-checked inputs and the combos (ComfyUI 0.3.75 does not check a v3 combo's value);
+        ComfyUI range-checks the rest. Linked inputs arrive as None and are checked at execution."""
         try:
-            check_values(dict(mode=mode, table=table), BLOCK_PARAMS)
+            check_values(dict(mode=mode, table=table, cache_device=cache_device, exposure_apply=exposure_apply),
+                         BLOCK_PARAMS)
         except ValueError as e:
             return f"{NAME}: {e}"
         return True

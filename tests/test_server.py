@@ -103,3 +103,74 @@ def test_interrupt_over_http_then_next_run_is_clean(server):
     log = server.log_text()
     assert log.count("AB-Cache: computed") == before + 2
     assert _calls(log)[-1] == 6
+
+
+# ------------------------------------------------------------------------------- ComfyUI's own input checks
+OUT_OF_RANGE = [
+    ("ABCache", dict(interval=0)),
+    ("ABCache", dict(order=5)),              # the nodes offer orders 1-4
+    ("ABCache", dict(warmup=-1)),
+    ("ABCacheAdvanced", dict(interval=0)),
+    ("ABCacheAdvanced", dict(order=5)),
+    ("ABCacheAdvanced", dict(tolerance=-1.0)),
+    ("ABCacheAdvanced", dict(max_skips=99)),
+    ("ABCacheAdvanced", dict(start_percent=1.5)),
+    ("ABCacheAdvanced", dict(mode="bogus")),
+    ("ABCacheAdvanced", dict(coordinate="time")),
+    ("ABCacheAdvanced", dict(exposure_delta=2.0)),
+    ("ABCacheAdvanced", dict(exposure_apply="never")),
+    ("ABCacheAdvanced", dict(mode="adaptive", order=1)),
+    ("ABCacheAdvanced", dict(start_percent=0.8, end_percent=0.2)),
+]
+
+
+def _node_inputs(node_id: str, **values) -> dict:
+    """Every widget input of one of this pack's nodes at its default (from the core's table), then ``values``."""
+    from abcache_core import PARAMS
+    from abcache_core.params import ADVANCED_NODE_INPUTS, ADVANCED_NODE_OPTIONAL, SIMPLE_NODE_INPUTS
+
+    names = SIMPLE_NODE_INPUTS if node_id == "ABCache" else ADVANCED_NODE_INPUTS + ADVANCED_NODE_OPTIONAL
+    return {"class_type": node_id, **{n: PARAMS[n].default for n in names}, **values}
+
+
+@pytest.mark.parametrize("node_id,bad", OUT_OF_RANGE, ids=[f"{n}-{'-'.join(b)}" for n, b in OUT_OF_RANGE])
+def test_out_of_range_prompt_is_refused_before_any_model_loads(server, node_id, bad):
+    """ComfyUI itself range-checks every input validate_inputs does not take; validate_inputs checks the rest
+    (and the cross-checks). Either way /prompt answers 400 with node_errors and nothing executes."""
+    before = server.log_text().count("ABTest_CountCalls: forward calls")
+    history = len(server.get("/history"))
+    g = graph(_node_inputs(node_id, **bad), prefix="refused")
+    status, body = server.post("/prompt", {"prompt": g, "client_id": server.client_id})
+    assert status == 400, body
+    errors = str(body.get("node_errors", {}).get("2", ""))
+    assert errors and any(name in errors for name in bad), body
+    assert len(server.get("/history")) == history
+    assert server.log_text().count("ABTest_CountCalls: forward calls") == before
+
+
+def test_linked_inputs_validate_when_their_value_is_known(server):
+    """Widgets converted to inputs and fed by ComfyUI's Primitive nodes: the graph validates (linked values are
+    unknown at validation) and runs with the linked values; a bad linked value fails at the node, at execution,
+    with the same message validation gives."""
+    from abcache_core import PARAMS
+
+    kinds = {"int": "PrimitiveInt", "float": "PrimitiveFloat", "text": "PrimitiveString", "bool": "PrimitiveBoolean"}
+    g = graph(_node_inputs("ABCacheAdvanced", order=2, interval=4, warmup=3), prefix="linked")
+    values = dict(g["2"]["inputs"])
+    for i, (name, value) in enumerate(v for v in values.items() if v[0] in PARAMS):
+        kind = PARAMS[name].kind
+        if kind in kinds:   # combos have no core Primitive node in the API format; they stay widgets
+            g[f"p{i}"] = {"class_type": kinds[kind], "inputs": {"value": value}}
+            g["2"]["inputs"][name] = [f"p{i}", 0]
+    linked = [n for n, v in g["2"]["inputs"].items() if isinstance(v, list) and n != "model"]
+    assert {"order", "interval", "warmup", "tolerance", "start_percent", "end_percent", "table"} <= set(linked)
+    server.run(g)
+    assert _calls(server.log_text())[-1] == 6       # steps 0,1,2,3,7,11 of 12, as with widget values
+
+    g["2"]["inputs"]["mode"] = "table"
+    g[g["2"]["inputs"]["table"][0]]["inputs"]["value"] = "FFxx"
+    status, body = server.post("/prompt", {"prompt": g, "client_id": server.client_id})
+    assert status == 200, body          # the table's value is not known at validation
+    entry = server.wait(body["prompt_id"])
+    msgs = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert msgs and "invalid characters" in msgs[0][1]["exception_message"], entry["status"]
