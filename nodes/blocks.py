@@ -51,10 +51,12 @@ from .wrappers import (
     fresh_clone,
     is_flow,
     sampling_scope,
+    with_transformer_options,
     warn_if_nothing_to_skip,
 )
 
 KEY_BLOCKS = "ab_cache_blocks"
+KEY_CALL = "ab_cache_blocks_call"     # this model call's _Call, in the call's own copy of transformer_options
 LOG = logging.getLogger("ab_cache")
 CATEGORY = "model_patches/ab_cache"
 NAME = "AB-Cache FLUX blocks"
@@ -102,7 +104,6 @@ class _Call:
         self.seen: list = []         # computed call: (block name, streams) of the stored blocks, in order
         self.record_ok = True
         self.reused = 0              # skipped call: blocks replaced by extrapolated residuals
-        self.fallback = 0            # skipped call: blocks that had to run (no safe extrapolation)
 
 
 class BlockRun:
@@ -116,10 +117,8 @@ class BlockRun:
         self.n_double = n_double
         self.flow = flow
         self.lock = threading.Lock()
-        self.call: Optional[_Call] = None
         self.tail: tuple = ()        # (block name, streams) after compute_blocks, from the last computed call
         self.signatures: dict = {}   # (uuid, window) -> input signature its history was recorded for
-        self.calls = 0
         self.blocks_run = 0          # block evaluations (hooked blocks only)
         self.blocks_reused = 0
 
@@ -158,7 +157,6 @@ def _finish(active: BlockRun) -> None:
         run.release()
         active.signatures.clear()
         active.tail = ()
-        active.call = None
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
@@ -192,13 +190,11 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         keys = [(u, wkey, "blocks") for u in uuids]      # no history yet: decide() computes
     decision = run.decide(sigma, keys, device=x.device, predict=False)
     call = _Call(sigma, uuids, wkey, decision.skip)
-    prev, active.call = active.call, call
-    try:
-        out = executor(*args, **kwargs)
-    finally:
-        active.call = prev
+    # The call's state travels with this call's transformer_options (a copy), never in a shared slot: calls
+    # from several threads (ComfyUI's multi-GPU work units) each see their own.
+    args, kwargs = with_transformer_options(args, kwargs, to, {KEY_CALL: call})
+    out = executor(*args, **kwargs)
     with active.lock:
-        active.calls += 1
         active.blocks_reused += call.reused
     if not decision.skip and call.record_ok and call.rec:
         run.record(sigma, call.rec)
@@ -230,8 +226,8 @@ def _make_block_patch(kind: str, index: int, prev):
 
         to = args.get("transformer_options")
         active = to.get(KEY_BLOCKS) if isinstance(to, dict) else None
-        call = active.call if isinstance(active, BlockRun) else None
-        if call is None:
+        call = to.get(KEY_CALL) if isinstance(active, BlockRun) else None
+        if not isinstance(call, _Call):
             return run_block(args)
         position = index if kind == "double_block" else active.n_double + index
         if position < active.spec.compute_blocks:
@@ -243,7 +239,6 @@ def _make_block_patch(kind: str, index: int, prev):
             if out is not None:
                 call.reused += 1
                 return out
-            call.fallback += 1
         out = run_block(args)
         with active.lock:
             active.blocks_run += 1

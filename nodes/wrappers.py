@@ -107,6 +107,14 @@ def find_transformer_options(args, kwargs) -> Optional[dict]:
     return None
 
 
+def with_transformer_options(args, kwargs, to: dict, extra: dict):
+    """(args, kwargs) of a wrapped call with ``to`` replaced by a copy that also holds ``extra``."""
+    new = {**to, **extra}
+    if kwargs.get("transformer_options") is to:
+        return args, {**kwargs, "transformer_options": new}
+    return tuple(new if a is to else a for a in args), kwargs
+
+
 def _window_key(to: dict):
     w = to.get("context_window")
     if w is None:
