@@ -117,15 +117,11 @@ def browser_ready():
 def server(browser_ready):
     from devtools.server import ComfyServer
 
-    srv = ComfyServer({wf.PACK: REPO})
-    srv.start()
-    try:
+    with ComfyServer({wf.PACK: REPO}) as srv:
         srv.provide_input_image("example.png")   # LoadImage (ltxv_i2v) validates its file for real
         status, body = srv.post("/settings", SETTINGS)
         assert status == 200, f"POST /settings: {status} {body}"
         yield srv
-    finally:
-        srv.cleanup()
 
 
 @pytest.fixture(scope="module")

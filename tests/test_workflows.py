@@ -46,13 +46,9 @@ NEEDS = {
 def server():
     from devtools.server import ComfyServer
 
-    srv = ComfyServer({PACK: REPO})
-    srv.start()
-    try:
+    with ComfyServer({PACK: REPO}) as srv:
         srv.provide_input_image("example.png")   # LoadImage (ltxv_i2v) validates its file for real
         yield srv
-    finally:
-        srv.cleanup()
 
 
 @pytest.fixture(scope="module")
