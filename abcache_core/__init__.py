@@ -21,6 +21,7 @@ from .policy import (
     plan,
     planned_compute,
     resample_table,
+    schedule_problem,
     step_position,
 )
 from .state import CacheRun, CallRecord, Decision, sigma_to_coordinate
@@ -38,5 +39,5 @@ __all__ = [
     "CacheSettings", "CacheRun", "CallRecord", "Decision",
     "adams_bashforth_coefficients", "amplification", "binomial_weights", "denoised_from_epsilon", "derive_table",
     "epsilon_from_denoised", "lagrange_weights", "paper_weights", "parse_table", "parse_table_codes", "plan",
-    "planned_compute", "resample_table", "rescale_denoised", "sigma_to_coordinate", "step_position",
+    "planned_compute", "resample_table", "rescale_denoised", "schedule_problem", "sigma_to_coordinate", "step_position",
 ]
