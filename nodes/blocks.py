@@ -45,12 +45,16 @@ from .wrappers import (
     _split,
     _window_key,
     active_in_apply_model,
+    add_pass_wrappers,
     apply_exposure,
     find_transformer_options,
     fresh_clone,
     is_flow,
+    pass_tag,
+    sampling_of,
     sampling_scope,
     warn_if_nothing_to_skip,
+    warn_if_unsupported_schedule,
 )
 
 KEY_BLOCKS = "ab_cache_blocks"
@@ -142,11 +146,14 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                           _other_caches(executor.class_obj.model_options), _start, _finish, NAME)
 
 
-def _start(spec: BlockCacheSpec, model, schedule) -> BlockRun:
-    settings = spec.resolve(model.model_sampling)
-    n_double, _ = block_counts(model.diffusion_model)
+def _start(spec: BlockCacheSpec, patcher, schedule) -> BlockRun:
+    sampling = sampling_of(patcher)
+    settings = spec.resolve(sampling)
+    n_double, _ = block_counts(patcher.model.diffusion_model)
     warn_if_nothing_to_skip(NAME, settings, len(schedule) - 1)
-    return BlockRun(spec, settings, schedule, n_double, is_flow(model.model_sampling))
+    active = BlockRun(spec, settings, schedule, n_double, is_flow(sampling))
+    warn_if_unsupported_schedule(NAME, active.run)
+    return active
 
 
 def _finish(active: BlockRun) -> None:
@@ -192,6 +199,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     sigma = float(sigmas.flatten()[0])
     wkey = _window_key(to)
     n = len(uuids)
+    uuids = [(u, pass_tag(to, u)) for u in uuids]   # a guidance pass (PAG, SLG ...) has its own history
     ctx = args[2] if len(args) > 2 else kwargs.get("context")
     ctx_shape = tuple(ctx.shape[1:]) if isinstance(ctx, torch.Tensor) else None
     sig = (tuple(x.shape[1:]), x.shape[0] // n, x.dtype, ctx_shape)
@@ -330,6 +338,7 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = 1, s
             m.set_model_patch_replace(_make_block_patch(kind, i, prev), "dit", kind, i)
     m.model_options["transformer_options"][KEY_BLOCKS] = BlockCacheSpec(settings, int(compute_blocks), sink)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY_BLOCKS, outer_sample_wrapper)
+    add_pass_wrappers(m, KEY_BLOCKS)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY_BLOCKS, apply_model_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY_BLOCKS, diffusion_model_wrapper)
     return m
