@@ -196,3 +196,7 @@ def test_split_sampling_call_count(env):
                     "disable")[0]["samples"]
     assert torch.isfinite(out).all()
     assert spy_one.calls == 8 and spy.calls == 12
+    # the second sampler with warm-up 1: 6 + 4 calls
+    low, spy_low = env.harness.with_spy(env.nodes.ABCacheNode.execute(case.patcher, 2, 4, 1)[0])
+    ks.sample(low, "disable", 0, 20, 2.0, "euler", "simple", case.positive(1), case.negative(2), mid, 10, 20, "disable")
+    assert spy_low.calls == 4
