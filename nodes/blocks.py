@@ -267,11 +267,13 @@ def _make_block_patch(kind: str, index: int, prev):
                 call.reused += 1
                 return out
             call.fallback += 1
+        # ComfyUI's FLUX blocks add into their input in place (img += ...): keep the input for the residual
+        inputs = _inputs_before(call, streams, args)
         out = run_block(args)
         with active.lock:
             active.blocks_run += 1
         if not call.skip:
-            _store(call, name, streams, args, out)
+            _store(call, name, streams, inputs, out)
         return out
 
     patch.abcache_block = True
@@ -295,8 +297,15 @@ def _reuse(run: CacheRun, call: _Call, name, streams, args) -> Optional[dict]:
     return out
 
 
+def _inputs_before(call: _Call, streams, args) -> Optional[dict]:
+    """A copy of a computed block's input streams, taken before the block runs (and may modify them)."""
+    if call.skip or not call.record_ok:
+        return None
+    return {st: a.detach().clone() for st in streams if isinstance((a := args.get(st)), torch.Tensor)}
+
+
 def _store(call: _Call, name, streams, args, out) -> None:
-    if not call.record_ok:
+    if not call.record_ok or args is None:
         return
     for st in streams:
         a, o = args.get(st), out.get(st) if isinstance(out, dict) else None

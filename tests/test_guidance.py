@@ -221,3 +221,39 @@ def test_trained_flux_slg_term(comfy, env):
     for k in _skipped_steps():
         assert _norm(on_t[k]) > 0.5 * _norm(ref_t[k])
         assert _norm(on_t[k] - ref_t[k]) < 0.3 * _norm(ref_t[k]), (k, _norm(on_t[k] - ref_t[k]) / _norm(ref_t[k]))
+
+
+@pytest.mark.parametrize("order", ["guidance_first", "cache_first"])
+def test_flux_blocks_node_with_slg(env, order):
+    """AB-Cache FLUX blocks keys its block residuals by pass too: SkipLayerGuidanceDiT's pass (block 1
+    skipped) never feeds the normal pass's residuals; nothing reused -> bit-identical."""
+    case = env.case("flux_dev", depth=2, depth_single_blocks=2)
+
+    def slg(model):
+        from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+        return SkipLayerGuidanceDiT.execute(model, 3.0, 0.0, 1.0, double_layers="1", single_layers="")[0]
+
+    def graph(cached, **kw):
+        before, after = [], []
+        m = _observer(case.patcher, before)
+        blocks = (lambda x: env.nodes.ABCacheFluxBlocksNode.execute(
+            x, compute_blocks=1, order=1, mode="fixed", interval=kw.get("interval", 2), warmup=2)[0]) \
+            if cached else (lambda x: x)
+        m = blocks(slg(m)) if order == "guidance_first" else slg(blocks(m))
+        return _observer(m, after), before, after
+
+    m, b0, a0 = graph(False)
+    ref, _ = env.harness.run_spied(case, m, steps=STEPS, cfg=CFG)
+    m, _, _ = graph(True, interval=1)
+    off, _ = env.harness.run_spied(case, m, steps=STEPS, cfg=CFG)
+    assert torch.equal(off, ref)
+    m, b1, a1 = graph(True)
+    on, _ = env.harness.run_spied(case, m, steps=STEPS, cfg=CFG)
+    assert torch.isfinite(on).all() and not torch.equal(on, ref)
+    ref_terms, terms = _terms(b0, a0), _terms(b1, a1)
+    for k in _skipped_steps():
+        r, t = ref_terms[k], terms[k]
+        drift = _norm(r - ref_terms[k - 1]) / _norm(r)
+        assert _norm(t) > 0.5 * _norm(r)
+        assert _norm(t - r) / _norm(r) < 1.5 * drift + 0.05, (k, _norm(t - r) / _norm(r), drift)
