@@ -149,8 +149,9 @@ class CacheRun:
                 self._run += 1
                 self._decided[level] = False
             self._last_coord = target
-            self.records.append(CallRecord(pos, sigma, False, min(orders), err, "extrapolated"))
-            return Decision(True, preds, min(orders), err, "extrapolated")
+            rec = CallRecord(pos, sigma, False, min(orders), err, "extrapolated")
+            self.records.append(rec)
+            return Decision(True, preds, min(orders), err, "extrapolated", record=rec)
 
     def predict(self, sigma: float, key: Hashable, device=None) -> Optional[torch.Tensor]:
         """Extrapolation of ``key``'s history at ``sigma`` (a new tensor), or None when none is safe."""
@@ -182,7 +183,8 @@ class CacheRun:
         return Decision(False, reason=reason, record=rec)
 
     def unfinished(self, decision: Decision) -> None:
-        """The computed call of ``decision`` raised: it does not count as a computed call."""
+        """The model call of ``decision`` raised (a computed call, or the block cache's call that runs the
+        first blocks on a skipped step): it is not counted in the summary."""
         if decision.record is not None:
             with self._lock:
                 decision.record.finished = False

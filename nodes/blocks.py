@@ -218,6 +218,9 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     prev, active.call = active.call, call
     try:
         out = executor(*args, **kwargs)
+    except BaseException:
+        run.unfinished(decision)   # the summary counts finished calls only
+        raise
     finally:
         active.call = prev
     with active.lock:

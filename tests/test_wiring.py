@@ -200,3 +200,27 @@ def test_split_sampling_call_count(env):
     low, spy_low = env.harness.with_spy(env.nodes.ABCacheNode.execute(case.patcher, 2, 4, 1)[0])
     ks.sample(low, "disable", 0, 20, 2.0, "euler", "simple", case.positive(1), case.negative(2), mid, 10, 20, "disable")
     assert spy_low.calls == 4
+
+
+def test_blocks_summary_counts_only_finished_calls(env):
+    import comfy.patcher_extension as pe
+
+    case = env.case("flux_dev", depth=2, depth_single_blocks=2)
+    sink = env.wrappers.TelemetrySink()
+    m = env.blocks.apply_block_cache(case.patcher, _settings(order=1), compute_blocks=1, sink=sink).clone()
+    n = {"k": 0}
+
+    def boom(executor, *a, **kw):
+        n["k"] += 1
+        if n["k"] == 4:
+            raise RuntimeError("model error")
+        return executor(*a, **kw)
+
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, "abcache_test_boom", boom)
+    with pytest.raises(RuntimeError):
+        env.harness.sample(m, case.latent, case.positive(1), case.negative(2), steps=12)
+    # every step reaches the model (block reuse happens inside it): steps 0-2 computed and finished, the
+    # 4th call (step 3, a skipped step running the first block) raised
+    s = sink.last["summary"]
+    assert (s["calls"], s["computed"]) == (3, 3)
+    assert [(r["computed"], r["finished"]) for r in sink.last["records"]] == [(True, True)] * 3 + [(False, False)]
