@@ -25,6 +25,7 @@ from .policy import (
     parse_table_codes,
     plan,
     planned_compute,
+    schedule_problem,
     step_position,
 )
 from .state import CacheRun, CallRecord, Decision, sigma_to_coordinate
@@ -36,5 +37,5 @@ __all__ = [
     "CacheRun", "CacheSettings", "CallRecord", "Decision", "Param",
     "amplification", "binomial_weights", "default", "defaults", "denoised_from_epsilon", "derive_table",
     "epsilon_from_denoised", "lagrange_weights", "paper_weights", "parse_table", "parse_table_codes", "plan",
-    "planned_compute", "rescale_denoised", "sigma_to_coordinate", "step_position",
+    "planned_compute", "rescale_denoised", "schedule_problem", "sigma_to_coordinate", "step_position",
 ]

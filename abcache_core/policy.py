@@ -223,6 +223,25 @@ def step_position(schedule: Sequence[float], sigma: float) -> Optional[float]:
     return i + (hi - sigma) / (hi - lo) if hi != lo else float(i)
 
 
+def schedule_problem(schedule: Sequence[float]) -> Optional[str]:
+    """Why the steps of ``schedule`` cannot be told apart by their sigma (None when they can).
+
+    Decisions map a model call to its step by sigma (:func:`step_position`), which needs a strictly
+    decreasing schedule. A hand-made schedule that is not monotonic (spliced sigmas) or that repeats or
+    revisits a sigma would put calls on the wrong steps; such a run is not cached at all.
+    """
+    s = [float(v) for v in schedule]
+    bad = next((i for i, v in enumerate(s) if not math.isfinite(v)), None)
+    if bad is not None:
+        return f"the sigma schedule has a non-finite value at position {bad}"
+    for i in range(len(s) - 1):
+        if not s[i + 1] < s[i]:
+            what = "repeats" if s[i + 1] == s[i] else "rises"
+            return (f"the sigma schedule is not strictly decreasing (it {what} at step {i + 1}: {s[i]:.6g} -> "
+                    f"{s[i + 1]:.6g}), so its steps cannot be told apart by their noise level")
+    return None
+
+
 def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[bool]:
     """Schedule-level decision for ``step`` of ``steps``.
 

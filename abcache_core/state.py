@@ -13,6 +13,10 @@ conditioning chunk):
     ...
     run.release()                               # always, in a finally
 
+A computed call whose forward raises is handed back with ``run.unfinished(decision)``: the summary counts
+finished calls only. A schedule that is not strictly decreasing (:func:`policy.schedule_problem`) is not
+cached: ``run.unsupported`` says why and every call is computed.
+
 History holds computed outputs only, never predictions (feeding predictions back is unstable:
 errors compound from step to step). All methods are thread-safe.
 """
@@ -26,7 +30,7 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from .policy import CacheSettings, planned_compute, step_position
+from .policy import CacheSettings, planned_compute, schedule_problem, step_position
 from .weights import amplification, lagrange_weights, paper_weights
 
 
@@ -41,6 +45,7 @@ class CallRecord:
     error: float = float("nan")  # embedded error estimate of the prediction (when one was made)
     reason: str = ""
     change: float = float("nan")  # computed calls: ||y - y_prev|| / ||y_prev|| per step, first chunk (U curve)
+    finished: bool = True  # False: the model call raised (see CacheRun.unfinished); not counted in the summary
 
 
 @dataclasses.dataclass
@@ -50,6 +55,7 @@ class Decision:
     order: int = 0
     error: float = float("nan")
     reason: str = ""
+    record: Optional[CallRecord] = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def sigma_to_coordinate(sigma: float, coordinate: str, schedule: Sequence[float]) -> float:
@@ -72,6 +78,7 @@ class CacheRun:
         self.settings = settings.resolved(flow).validate()
         self.schedule = [float(s) for s in schedule]
         self.steps = max(len(self.schedule) - 1, 0)
+        self.unsupported: Optional[str] = schedule_problem(self.schedule)   # set: nothing is cached
         self.records: list[CallRecord] = []
         self._hist: dict[Hashable, deque] = {}
         self._lock = threading.RLock()
@@ -103,6 +110,8 @@ class CacheRun:
         sigma = float(sigma)
         keys = list(keys)
         with self._lock:
+            if self.unsupported:
+                return self._computed(None, sigma, "unsupported schedule")
             pos = step_position(self.schedule, sigma) if self.steps > 0 else None
             if pos is None or not (sigma > 0) or not keys:
                 return self._computed(pos, sigma, "off-schedule")
@@ -144,8 +153,9 @@ class CacheRun:
                 self._run += 1
                 self._decided[level] = False
             self._last_coord = target
-            self.records.append(CallRecord(pos, sigma, False, min(orders), err, "extrapolated"))
-            return Decision(True, preds, min(orders), err, "extrapolated")
+            rec = CallRecord(pos, sigma, False, min(orders), err, "extrapolated")
+            self.records.append(rec)
+            return Decision(True, preds, min(orders), err, "extrapolated", record=rec)
 
     def predict(self, sigma: float, key: Hashable, device=None) -> Optional[torch.Tensor]:
         """Extrapolation of ``key``'s history at ``sigma`` (a new tensor), or None when none is safe."""
@@ -172,8 +182,16 @@ class CacheRun:
             self._acc, self._run = 0.0, 0
         if level is not None:
             self._last_coord = self.coordinate(sigma)
-        self.records.append(CallRecord(-1.0 if pos is None else pos, sigma, True, 0, float("nan"), reason))
-        return Decision(False, reason=reason)
+        rec = CallRecord(-1.0 if pos is None else pos, sigma, True, 0, float("nan"), reason)
+        self.records.append(rec)
+        return Decision(False, reason=reason, record=rec)
+
+    def unfinished(self, decision: Decision) -> None:
+        """The model call of ``decision`` raised (a computed call, or the block cache's call that runs the
+        first blocks on a skipped step): it is not counted in the summary."""
+        if decision.record is not None:
+            with self._lock:
+                decision.record.finished = False
 
     def _predict(self, hist: deque, target: float, sigma: float, device, want_estimate: bool):
         """(prediction, order used, error estimate) or None when no safe prediction exists."""
@@ -226,7 +244,7 @@ class CacheRun:
     def record(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor]) -> None:
         """Store computed outputs (one tensor per key) at this sigma. Never call it with predictions."""
         c = self.coordinate(float(sigma))
-        if not math.isfinite(c):
+        if not math.isfinite(c) or self.unsupported:
             return
         maxlen = max(self.settings.order, 2 if self.settings.mode == "adaptive" else 1)
         with self._lock:
@@ -283,8 +301,9 @@ class CacheRun:
     # ------------------------------------------------------------------ telemetry
     def summary(self) -> dict[str, Any]:
         with self._lock:
-            total = len(self.records)
-            computed = sum(r.computed for r in self.records)
+            done = [r for r in self.records if r.finished]
+            total = len(done)
+            computed = sum(r.computed for r in done)
             errs = [r.error for r in self.records if not r.computed and math.isfinite(r.error)]
         return {
             "calls": total,

@@ -255,8 +255,8 @@ DEFAULTS_NOTE = (
     "model (-1.3 to +0.8 dB); the defaults spend 10/28 calls there (37.4 dB euler, 34.7 dB dpmpp_2m). EB-Cache's "
     "delta 0.965 (tuned for DiT-XL/2 with DDPM) lowers fidelity on this flow model by 7-15 dB, so the node "
     "keeps delta = 1; EB-Cache's table with AB extrapolation (k=2) instead of reuse gains 5-10 dB at the "
-    "same calls. Block-level reuse (FLUX blocks node) is far below output-level caching on this 4-block "
-    "model (18-19 dB).")
+    "same calls. Block-level reuse (FLUX blocks node) stays below output-level caching on this 4-block "
+    "model.")
 
 
 def rows_from_markdown(text: str) -> list[Row]:

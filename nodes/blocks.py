@@ -46,13 +46,17 @@ from .wrappers import (
     _split,
     _window_key,
     active_in_apply_model,
+    add_pass_wrappers,
     apply_exposure,
     find_transformer_options,
     fresh_clone,
     is_flow,
+    pass_tag,
+    sampling_of,
     sampling_scope,
     with_transformer_options,
     warn_if_nothing_to_skip,
+    warn_if_unsupported_schedule,
 )
 
 KEY_BLOCKS = "ab_cache_blocks"
@@ -138,10 +142,13 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                           _other_caches(executor.class_obj.model_options), _start, _finish, NAME)
 
 
-def _start(spec: BlockCacheSpec, model, schedule) -> BlockRun:
-    n_double, _ = block_counts(model.diffusion_model)
+def _start(spec: BlockCacheSpec, patcher, schedule) -> BlockRun:
+    sampling = sampling_of(patcher)
+    n_double, _ = block_counts(patcher.model.diffusion_model)
     warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
-    return BlockRun(spec, schedule, n_double, is_flow(model.model_sampling))
+    active = BlockRun(spec, schedule, n_double, is_flow(sampling))
+    warn_if_unsupported_schedule(NAME, active.run)
+    return active
 
 
 def _finish(active: BlockRun) -> None:
@@ -175,6 +182,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     sigma = float(sigmas.flatten()[0])
     wkey = _window_key(to)
     n = len(uuids)
+    uuids = [(u, pass_tag(to, u)) for u in uuids]   # a guidance pass (PAG, SLG ...) has its own history
     ctx = args[2] if len(args) > 2 else kwargs.get("context")
     ctx_shape = tuple(ctx.shape[1:]) if isinstance(ctx, torch.Tensor) else None
     sig = (tuple(x.shape[1:]), x.shape[0] // n, x.dtype, ctx_shape)
@@ -193,7 +201,11 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     # The call's state travels with this call's transformer_options (a copy), never in a shared slot: calls
     # from several threads (ComfyUI's multi-GPU work units) each see their own.
     args, kwargs = with_transformer_options(args, kwargs, to, {KEY_CALL: call})
-    out = executor(*args, **kwargs)
+    try:
+        out = executor(*args, **kwargs)
+    except BaseException:
+        run.unfinished(decision)   # the summary counts finished calls only
+        raise
     with active.lock:
         active.blocks_reused += call.reused
     if not decision.skip and call.record_ok and call.rec:
@@ -239,11 +251,13 @@ def _make_block_patch(kind: str, index: int, prev):
             if out is not None:
                 call.reused += 1
                 return out
+        # ComfyUI's FLUX blocks add into their input in place (img += ...): keep the input for the residual
+        inputs = _inputs_before(call, streams, args)
         out = run_block(args)
         with active.lock:
             active.blocks_run += 1
         if not call.skip:
-            _store(call, name, streams, args, out)
+            _store(call, name, streams, inputs, out)
         return out
 
     patch.abcache_block = True
@@ -267,8 +281,15 @@ def _reuse(run: CacheRun, call: _Call, name, streams, args) -> Optional[dict]:
     return out
 
 
+def _inputs_before(call: _Call, streams, args) -> Optional[dict]:
+    """A copy of a computed block's input streams, taken before the block runs (and may modify them)."""
+    if call.skip or not call.record_ok:
+        return None
+    return {st: a.detach().clone() for st in streams if isinstance((a := args.get(st)), torch.Tensor)}
+
+
 def _store(call: _Call, name, streams, args, out) -> None:
-    if not call.record_ok:
+    if not call.record_ok or args is None:
         return
     for st in streams:
         a, o = args.get(st), out.get(st) if isinstance(out, dict) else None
@@ -310,6 +331,7 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = PARA
             m.set_model_patch_replace(_make_block_patch(kind, i, prev), "dit", kind, i)
     m.model_options["transformer_options"][KEY_BLOCKS] = BlockCacheSpec(settings, int(compute_blocks))
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY_BLOCKS, outer_sample_wrapper)
+    add_pass_wrappers(m, KEY_BLOCKS)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY_BLOCKS, apply_model_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY_BLOCKS, diffusion_model_wrapper)
     return m

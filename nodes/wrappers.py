@@ -2,6 +2,12 @@
 
 * OUTER_SAMPLE    -- one fresh CacheRun per sampling call (schedule = the sigmas actually sampled);
                      in ``finally``: one summary line, telemetry to the sink, release of every tensor.
+* PREDICT_NOISE   -- one sampler evaluation (one denoised prediction at one sigma): opens a fresh
+                     :class:`PassScope` for it, so that the CALC_COND_BATCH wrapper can count passes.
+* CALC_COND_BATCH -- tags each conditioning of this batch of model calls with its *pass*: how many times
+                     that conditioning was already evaluated in this sampler evaluation (0 = the normal
+                     pass; 1 = PAG's / SLG's perturbed cond, SAG's blurred uncond, ...). History is keyed
+                     by pass, so a guidance pass never replaces the normal pass's history.
 * DIFFUSION_MODEL -- per-conditioning model call: compute (and remember each chunk's raw output) or
                      return an extrapolation of each chunk's output. Used when the model's forward runs
                      DIFFUSION_MODEL wrappers (FLUX, HunyuanVideo, LTX, Wan, CogVideoX, SD U-Net, ...).
@@ -30,6 +36,8 @@ import comfy.patcher_extension as pe
 from ..abcache_core import CacheRun, CacheSettings, plan, rescale_denoised
 
 KEY = "ab_cache"
+SCOPE_KEY = "ab_cache_pass_scope"   # transformer_options: the PassScope of the current sampler evaluation
+PASS_KEY = "ab_cache_passes"        # transformer_options: uuid -> pass ordinal of this calc_cond_batch
 LOG = logging.getLogger("ab_cache")
 # ComfyUI's own step caches (EasyCache and LazyCache both store their holder under "easycache"); two step
 # caches on one model would skip twice and corrupt each other's state.
@@ -96,6 +104,108 @@ class ActiveRun:
         return self
 
 
+# ----------------------------------------------------------------------------------------- pass identity
+class PassScope:
+    """One sampler evaluation (one PREDICT_NOISE call): how often each conditioning was evaluated in it.
+
+    ComfyUI's guidance nodes (PerturbedAttentionGuidance, SelfAttentionGuidance, SkipLayerGuidanceDiT/SD3,
+    LTXV's spatio-temporal / modality guidance, ...) call calc_cond_batch a second time at the same sigma
+    with a conditioning the normal pass already evaluated (other attention patches, a blurred input). The
+    n-th evaluation of a conditioning within one sampler evaluation is its pass n. A later sampler
+    evaluation at the same sigma (Heun, DPM-2, restart) opens a new scope, so it is pass 0 again and keeps
+    the keep-newest behaviour of CacheRun.record.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen: dict = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def passes(self, uuids, wkey) -> dict:
+        """uuid -> pass ordinal for one calc_cond_batch over ``uuids`` (counts it)."""
+        out = {}
+        with self._lock:
+            for u in uuids:
+                if u in out:
+                    continue
+                n = self._seen.get((u, wkey), 0)
+                self._seen[(u, wkey)] = n + 1
+                out[u] = n
+        return out
+
+
+def _with_transformer_options(model_options: dict, **extra) -> dict:
+    """A shallow copy of ``model_options`` whose transformer_options (also copied) carry ``extra``."""
+    mo = dict(model_options)
+    mo["transformer_options"] = {**model_options.get("transformer_options", {}), **extra}
+    return mo
+
+
+def _replace_arg(args, kwargs, index: int, name: str, value):
+    if name in kwargs or len(args) <= index:
+        return args, {**kwargs, name: value}
+    return args[:index] + (value,) + args[index + 1:], kwargs
+
+
+def pass_scope_wrapper(key: str):
+    """PREDICT_NOISE wrapper (x, timestep, model_options, seed): a fresh PassScope per sampler evaluation,
+    when the cache stored under ``key`` is active in this sampling call."""
+
+    def predict_noise_wrapper(executor, *args, **kwargs):
+        mo = kwargs.get("model_options", args[2] if len(args) > 2 else None)
+        if not isinstance(mo, dict) or key not in mo.get("transformer_options", {}):
+            return executor(*args, **kwargs)
+        args, kwargs = _replace_arg(args, kwargs, 2, "model_options",
+                                    _with_transformer_options(mo, **{SCOPE_KEY: PassScope()}))
+        return executor(*args, **kwargs)
+
+    return predict_noise_wrapper
+
+
+def calc_cond_batch_wrapper(executor, *args, **kwargs):
+    """CALC_COND_BATCH wrapper (model, conds, x_in, timestep, model_options): tags each conditioning with
+    its pass ordinal in the current sampler evaluation (see PassScope). Pass 0 everywhere: no change."""
+    mo = kwargs.get("model_options", args[4] if len(args) > 4 else None)
+    conds = kwargs.get("conds", args[1] if len(args) > 1 else None)
+    to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
+    scope = to.get(SCOPE_KEY)
+    if not isinstance(scope, PassScope) or not isinstance(conds, (list, tuple)):
+        return executor(*args, **kwargs)
+    uuids = [c.get("uuid") for group in conds if group for c in group if isinstance(c, dict)]
+    passes = scope.passes([u for u in uuids if u is not None], _window_key(to))
+    if not any(passes.values()):
+        return executor(*args, **kwargs)
+    args, kwargs = _replace_arg(args, kwargs, 4, "model_options", _with_transformer_options(mo, **{PASS_KEY: passes}))
+    return executor(*args, **kwargs)
+
+
+def _patch_fingerprint(to: dict) -> tuple:
+    """Which blocks this call's transformer_options replace (PAG's attn1, SLG's skipped DiT blocks ...):
+    structure only, so the same patches give the same fingerprint on every step."""
+    pr = to.get("patches_replace")
+    if not isinstance(pr, dict):
+        return ()
+    return tuple(sorted((str(name), tuple(sorted(repr(b) for b in blocks)))
+                        for name, blocks in pr.items() if isinstance(blocks, dict) and blocks))
+
+
+def pass_tag(to: dict, uuid) -> tuple:
+    """The identity of one conditioning's call within a step: (pass ordinal, replaced blocks).
+
+    Part of every history key, so each kind of pass is extrapolated from its own history."""
+    passes = to.get(PASS_KEY)
+    n = passes.get(uuid, 0) if isinstance(passes, dict) else 0
+    return (n, _patch_fingerprint(to))
+
+
+def add_pass_wrappers(m, key: str) -> None:
+    """The PREDICT_NOISE and CALC_COND_BATCH wrappers that give each model call its pass (see pass_tag)."""
+    m.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, key, pass_scope_wrapper(key))
+    m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, key, calc_cond_batch_wrapper)
+
+
 # ---------------------------------------------------------------------------------------------- utils
 def find_transformer_options(args, kwargs) -> Optional[dict]:
     to = kwargs.get("transformer_options")
@@ -143,7 +253,7 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     """The OUTER_SAMPLE pattern shared by every cache node of this pack.
 
     Reads the node's spec under ``key``; bypasses (with a warning) when another step cache is attached;
-    otherwise builds the per-run state with ``start(spec, model, schedule)``, exposes it under ``key`` in a
+    otherwise builds the per-run state with ``start(spec, model_patcher, schedule)``, exposes it under ``key`` in a
     copy of the guider's model_options for this sampling call only, and always calls ``finish(active)``.
     """
     guider = executor.class_obj
@@ -157,7 +267,7 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
         return executor(*args, **kwargs)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
-    active = start(spec, guider.model_patcher.model, schedule)
+    active = start(spec, guider.model_patcher, schedule)
     guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
     guider.model_options["transformer_options"][key] = active
     try:
@@ -172,11 +282,31 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                           _start, _finish, "AB-Cache")
 
 
-def _start(spec: CacheSpec, model, schedule) -> ActiveRun:
+def sampling_of(patcher):
+    """The model sampling the sampler really uses: the patcher's object patch (ModelSamplingDiscrete,
+    ModelSamplingContinuousEDM/V, ModelSamplingSD3/Flux ...) when there is one. OUTER_SAMPLE runs before
+    ComfyUI applies object patches to the model, so ``patcher.model.model_sampling`` is still the original."""
+    get = getattr(patcher, "get_model_object", None)
+    if callable(get):
+        try:
+            return get("model_sampling")
+        except (AttributeError, KeyError):
+            pass
+    return patcher.model.model_sampling
+
+
+def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
+    model, sampling = patcher.model, sampling_of(patcher)
     level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
-    active = ActiveRun(spec, schedule, level, is_flow(model.model_sampling))
+    active = ActiveRun(spec, schedule, level, is_flow(sampling))
     warn_if_nothing_to_skip("AB-Cache", spec.settings, len(schedule) - 1)
+    warn_if_unsupported_schedule("AB-Cache", active.run)
     return active
+
+
+def warn_if_unsupported_schedule(name: str, run: CacheRun) -> None:
+    if run.unsupported:
+        LOG.warning("%s: %s; this run is not cached (every step runs the model).", name, run.unsupported)
 
 
 def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int) -> None:
@@ -279,36 +409,41 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
     if x_chunks is None:
         return forward()
     sig_in = (tuple(x_chunks[0].shape), x_parts[0].dtype, len(x_parts))
+    conds = [(u, wkey, pass_tag(to, u)) for u in uuids]   # one history per conditioning, window and pass
     keys = []
     with active.lock:
-        for u in uuids:
-            nparts = active.parts.get((u, wkey), 1)
-            if active.signatures.get((u, wkey)) != sig_in:
+        for c in conds:
+            nparts = active.parts.get(c, 1)
+            if active.signatures.get(c) != sig_in:
                 for p in range(nparts):       # new resolution/dtype/batch for this cond: start over
-                    run.forget((u, wkey, p))
-            keys += [(u, wkey, p) for p in range(nparts)]
+                    run.forget(c + (p,))
+            keys += [c + (p,) for p in range(nparts)]
     decision = run.decide(sigma, keys, device=x_parts[0].device)
     if decision.skip:
-        out = _assemble(active, decision.predictions, uuids, wkey, x_parts, space, t)
+        out = _assemble(active, decision.predictions, conds, x_parts, space, t)
         if out is not None:
             if active.spec.verbose:
                 LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order, decision.error)
             return out
-    out = forward()
+    try:
+        out = forward()
+    except BaseException:
+        run.unfinished(decision)   # the summary counts finished calls only
+        raise
     parts, _ = _as_parts(out)
     if parts is not None:
         chunks = [_split(p, n) for p in parts]
         if all(c is not None for c in chunks):
             rec = {}
-            for i, u in enumerate(uuids):
+            for i, ck in enumerate(conds):
                 with active.lock:
-                    active.signatures[(u, wkey)] = sig_in
-                    active.parts[(u, wkey)] = len(parts)
+                    active.signatures[ck] = sig_in
+                    active.parts[ck] = len(parts)
                 for p, c in enumerate(chunks):
                     y = c[i]
                     if space == "denoised":
                         y = _to_d(x_chunks[i], y, _sig(t, i, n, y))
-                    rec[(u, wkey, p)] = y.detach().clone()
+                    rec[ck + (p,)] = y.detach().clone()
             run.record(sigma, rec)
     if active.spec.verbose:
         LOG.info("AB-Cache: sigma %.4f computed (%s)", sigma, decision.reason)
@@ -325,14 +460,14 @@ def _to_d(x, denoised, sigma):
     return ((x.float() - denoised.float()) / sigma).to(denoised.dtype)
 
 
-def _assemble(active, preds, uuids, wkey, x_parts, space, t):
-    n = len(uuids)
-    nparts = active.parts.get((uuids[0], wkey), 1)
+def _assemble(active, preds, conds, x_parts, space, t):
+    n = len(conds)
+    nparts = active.parts.get(conds[0], 1)
     out_parts = []
     for p in range(nparts):
         chunks = []
-        for i, u in enumerate(uuids):
-            y = preds.get((u, wkey, p))
+        for i, c in enumerate(conds):
+            y = preds.get(c + (p,))
             if y is None:
                 return None
             if space == "denoised":
@@ -353,7 +488,8 @@ def fresh_clone(model, key: str, name: str, others: list):
         raise ValueError(f"{name}: this model already has {' and '.join(others)} attached. Both skip model work "
                          f"and would corrupt each other's cache: remove one of the two nodes.")
     m = model.clone()
-    for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
+    for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.PREDICT_NOISE, pe.WrappersMP.CALC_COND_BATCH,
+                  pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
         if m.get_wrappers(wtype, key):
             m.remove_wrappers_with_key(wtype, key)
     return m
@@ -365,6 +501,7 @@ def apply_ab_cache(model, settings: CacheSettings, verbose: bool = False, sink=N
     m = fresh_clone(model, KEY, "AB-Cache", other_caches(model.model_options))
     m.model_options["transformer_options"][KEY] = CacheSpec(settings, verbose, sink)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
+    add_pass_wrappers(m, KEY)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
     return m
