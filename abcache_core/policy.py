@@ -76,7 +76,7 @@ def _check_window(start_percent: float, end_percent: float) -> None:
 
 
 def _check_adaptive_order(mode: str, order: int) -> None:
-    if mode == "adaptive" and order < 2:
+    if decided_at_call_time(mode) and order < 2:
         raise ValueError("adaptive mode needs order >= 2: its error estimate compares order k with order k-1")
 
 
@@ -198,6 +198,12 @@ def _derive(codes: tuple, steps: int) -> str:
         if c == "F" and codes[min(n - 1, int((i + 0.5) * n / steps))] == "a":
             out[i] = "a"
     return "".join(out)
+
+
+def decided_at_call_time(mode: str) -> bool:
+    """Whether ``mode`` decides compute-or-skip at call time from its error estimate (adaptive), rather than
+    from the schedule (fixed, paper, table). Such a mode needs predictions to decide and keeps >= 2 entries."""
+    return mode == "adaptive"
 
 
 def step_position(schedule: Sequence[float], sigma: float) -> Optional[float]:

@@ -30,7 +30,7 @@ from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
 
 import torch
 
-from .policy import CacheSettings, planned_compute, schedule_problem, step_position
+from .policy import CacheSettings, decided_at_call_time, planned_compute, schedule_problem, step_position
 from .weights import amplification, lagrange_weights, paper_weights
 
 
@@ -101,61 +101,91 @@ class CacheRun:
     def decide(self, sigma: float, keys: Iterable[Hashable], device=None, predict: bool = True) -> Decision:
         """Compute or skip this model call. On skip, ``predictions`` holds one new tensor per key.
 
-        ``predict=False`` (not in adaptive mode, whose decision needs the predictions): a skip decision
+        One decision per noise level: every call at a σ already decided gets that decision again (a second
+        pass, a memory split, Heun's corrector). The steps, in order: :meth:`_must_compute` (schedule,
+        plan, history), :meth:`_extrapolate` (safe predictions), :meth:`_over_budget` (call-time modes only),
+        then :meth:`_skipped`.
+
+        ``predict=False`` (not in a call-time mode, whose decision needs the predictions): a skip decision
         carries no predictions; the caller asks :meth:`predict` for each key when it needs it (the block
         cache, which extrapolates one block at a time) and must compute whatever it gets None for.
         """
-        if not predict and self.settings.mode == "adaptive":
+        call_time = decided_at_call_time(self.settings.mode)
+        if not predict and call_time:
             raise ValueError("adaptive mode decides on its predictions: call decide() with predict=True")
-        sigma = float(sigma)
-        keys = list(keys)
+        sigma, keys = float(sigma), list(keys)
         with self._lock:
-            if self.unsupported:
-                return self._computed(None, sigma, "unsupported schedule")
-            pos = step_position(self.schedule, sigma) if self.steps > 0 else None
-            if pos is None or not (sigma > 0) or not keys:
-                return self._computed(pos, sigma, "off-schedule")
-            step = int(math.floor(pos + 1e-6))
-            plan = planned_compute(self.settings, step, self.steps)
-            level = round(sigma, 12)
-            prior = self._decided.get(level)
-            if plan is True:
-                return self._computed(pos, sigma, "planned", level)
-            if prior is True:
-                return self._computed(pos, sigma, "same sigma computed", level)
-            hists = [self._hist.get(k) for k in keys]
-            if any(not h for h in hists):
-                return self._computed(pos, sigma, "no history", level)
-            if self.settings.mode == "adaptive" and prior is None and self._run >= self.settings.max_skips:
-                return self._computed(pos, sigma, "max skips", level)
-            if self.settings.mode == "adaptive" and prior is None and min(len(h) for h in hists) < 2:
-                return self._computed(pos, sigma, "warming history", level)
+            pos, level, reason = self._must_compute(sigma, keys, call_time)
+            if reason:
+                return self._computed(pos, sigma, reason, level)
             target = self.coordinate(sigma)
-            preds, orders, err = {}, [], float("nan")
-            if not predict:
-                orders = [min(self.settings.order, len(h)) for h in hists]
-            for k, h in zip(keys, hists if predict else ()):
-                p = self._predict(h, target, sigma, device, want_estimate=self.settings.mode == "adaptive")
-                if p is None:
+            hists = [self._hist[k] for k in keys]
+            if predict:
+                preds, order, err = self._extrapolate(keys, hists, target, device, call_time)
+                if preds is None:
                     return self._computed(pos, sigma, "unsafe prediction", level)
-                preds[k], o, e = p
-                orders.append(o)
-                if not math.isnan(e):
-                    err = e if math.isnan(err) else max(err, e)
-            if self.settings.mode == "adaptive" and prior is None:
-                weight = abs(target - (self._last_coord if self._last_coord is not None else target)) / self._span
-                cost = err * max(weight, 1.0 / max(self.steps, 1))
-                # >=: a zero budget never skips, even when the estimate is exactly 0 (constant output)
-                if not math.isfinite(cost) or self._acc + cost >= self.settings.tolerance:
-                    return self._computed(pos, sigma, f"estimate {err:.2e} over budget", level)
-                self._acc += cost
-            if prior is None:
-                self._run += 1
-                self._decided[level] = False
-            self._last_coord = target
-            rec = CallRecord(pos, sigma, False, min(orders), err, "extrapolated")
-            self.records.append(rec)
-            return Decision(True, preds, min(orders), err, "extrapolated", record=rec)
+            else:
+                preds, order, err = {}, min(min(self.settings.order, len(h)) for h in hists), float("nan")
+            first = level not in self._decided
+            if call_time and first:
+                reason = self._over_budget(target, err)
+                if reason:
+                    return self._computed(pos, sigma, reason, level)
+            return self._skipped(pos, sigma, level, target, first, preds, order, err)
+
+    def _must_compute(self, sigma: float, keys: list, call_time: bool):
+        """(step position, noise level, reason) -- a reason when this call must run the model."""
+        if self.unsupported:
+            return None, None, "unsupported schedule"
+        pos = step_position(self.schedule, sigma) if self.steps > 0 else None
+        if pos is None or not (sigma > 0) or not keys:
+            return pos, None, "off-schedule"
+        level = round(sigma, 12)
+        prior = self._decided.get(level)
+        if planned_compute(self.settings, int(math.floor(pos + 1e-6)), self.steps) is True:
+            return pos, level, "planned"
+        if prior is True:
+            return pos, level, "same sigma computed"
+        hists = [self._hist.get(k) for k in keys]
+        if any(not h for h in hists):
+            return pos, level, "no history"
+        if call_time and prior is None and self._run >= self.settings.max_skips:
+            return pos, level, "max skips"
+        if call_time and prior is None and min(len(h) for h in hists) < 2:
+            return pos, level, "warming history"
+        return pos, level, ""
+
+    def _extrapolate(self, keys: list, hists: list, target: float, device, want_estimate: bool):
+        """({key: prediction}, lowest order used, largest error estimate) or (None, 0, nan) if one is unsafe."""
+        preds, orders, err = {}, [], float("nan")
+        for k, h in zip(keys, hists):
+            p = self._predict(h, target, device, want_estimate)
+            if p is None:
+                return None, 0, float("nan")
+            preds[k], o, e = p
+            orders.append(o)
+            if not math.isnan(e):
+                err = e if math.isnan(err) else max(err, e)
+        return preds, min(orders), err
+
+    def _over_budget(self, target: float, err: float) -> str:
+        """Adaptive mode: charge this skip's error to the budget since the last compute; a reason if it is spent."""
+        weight = abs(target - (self._last_coord if self._last_coord is not None else target)) / self._span
+        cost = err * max(weight, 1.0 / max(self.steps, 1))
+        # >=: a zero budget never skips, even when the estimate is exactly 0 (constant output)
+        if not math.isfinite(cost) or self._acc + cost >= self.settings.tolerance:
+            return f"estimate {err:.2e} over budget"
+        self._acc += cost
+        return ""
+
+    def _skipped(self, pos, sigma, level, target, first, preds, order, err) -> Decision:
+        if first:
+            self._run += 1
+            self._decided[level] = False
+        self._last_coord = target
+        rec = CallRecord(pos, sigma, False, order, err, "extrapolated")
+        self.records.append(rec)
+        return Decision(True, preds, order, err, "extrapolated", record=rec)
 
     def predict(self, sigma: float, key: Hashable, device=None) -> Optional[torch.Tensor]:
         """Extrapolation of ``key``'s history at ``sigma`` (a new tensor), or None when none is safe."""
@@ -163,7 +193,7 @@ class CacheRun:
             h = self._hist.get(key)
             if not h:
                 return None
-            p = self._predict(h, self.coordinate(float(sigma)), float(sigma), device, want_estimate=False)
+            p = self._predict(h, self.coordinate(float(sigma)), device, want_estimate=False)
         return None if p is None else p[0]
 
     def mark(self) -> int:
@@ -193,7 +223,7 @@ class CacheRun:
             with self._lock:
                 decision.record.finished = False
 
-    def _predict(self, hist: deque, target: float, sigma: float, device, want_estimate: bool):
+    def _predict(self, hist: deque, target: float, device, want_estimate: bool):
         """(prediction, order used, error estimate) or None when no safe prediction exists."""
         s = self.settings
         entries = list(hist)  # most recent first
@@ -213,7 +243,7 @@ class CacheRun:
         if k < 1:
             return None
         out = self._combine(entries[:k], w, k, device)
-        if out is None or not (want_estimate or s.mode == "adaptive"):
+        if out is None or not want_estimate:
             return out
         if k < 2:
             return out[0], k, float("inf")
@@ -246,7 +276,7 @@ class CacheRun:
         c = self.coordinate(float(sigma))
         if not math.isfinite(c) or self.unsupported:
             return
-        maxlen = max(self.settings.order, 2 if self.settings.mode == "adaptive" else 1)
+        maxlen = max(self.settings.order, 2 if decided_at_call_time(self.settings.mode) else 1)
         with self._lock:
             for n, (key, y) in enumerate(outputs.items()):
                 y = y.detach()

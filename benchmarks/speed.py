@@ -40,7 +40,7 @@ def wrapper_cost(n, case, forward_s: float, steps: int, reps: int = 20) -> str:
 
     from abcache_core import CacheSettings
 
-    w = sys.modules[n.__name__ + ".wrappers"]
+    w = sys.modules[n.__name__ + ".integration.output_cache"]
     x = torch.randn(case.latent.shape)
     y = torch.randn(case.latent.shape)
     sched = [1.0 - i / steps for i in range(steps + 1)]

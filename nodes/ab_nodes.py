@@ -10,10 +10,10 @@ from comfy_api.latest import ComfyExtension, io
 from ..abcache_core import NODE_MAX_ORDER, CacheSettings
 from ..abcache_core.params import ADVANCED_NODE_INPUTS, ADVANCED_NODE_OPTIONAL, SIMPLE_NODE_INPUTS
 from ..abcache_core.policy import check_values
-from .blocks import ABCacheFluxBlocksNode
+from .blocks_node import ABCacheFluxBlocksNode
 from .inputs import node_param, widget
 from .report import ABCacheReportNode
-from .wrappers import TelemetrySink, apply_ab_cache
+from .integration import TelemetrySink, apply_ab_cache
 
 CATEGORY = "model_patches/ab_cache"
 MODEL_TIP = "The diffusion model to accelerate. Connect it between the model loader (and any LoRA) and the sampler."

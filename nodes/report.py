@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from .wrappers import KEY, CacheSpec
+from .integration import KEY, CacheSpec
 
 CATEGORY = "model_patches/ab_cache"
 

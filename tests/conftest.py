@@ -76,5 +76,5 @@ def env(comfy, pack):
 
     n = load_nodes()
     return types.SimpleNamespace(case=case, harness=harness, nodes=n, tm=tiny_models, comfy=comfy,
-                                 wrappers=sys.modules[n.__name__ + ".wrappers"],
-                                 blocks=sys.modules[n.__name__ + ".blocks"])
+                                 wrappers=sys.modules[n.__name__ + ".integration.output_cache"],
+                                 blocks=sys.modules[n.__name__ + ".integration.block_cache"])

@@ -221,13 +221,12 @@ def test_report_node_plots_the_last_run(env):
 def test_concurrent_chunks_from_several_threads(env):
     """Multi-GPU work units (ComfyUI >= 0.23) call the wrapper from several threads with different
     conditionings: per-chunk results must equal a sequential run, and the run's records stay consistent."""
-    import sys
     import threading
     import uuid
 
     from abcache_core import CacheSettings
 
-    w = sys.modules[env.nodes.__name__ + ".wrappers"]
+    w = env.wrappers
     sched = [1.0 - i / 12 for i in range(13)]
     uuids = [uuid.uuid4() for _ in range(4)]
 

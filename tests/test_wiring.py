@@ -137,7 +137,7 @@ def test_unsupported_schedule_runs_uncached_with_one_warning(env, caplog, name):
     case = env.case("wan21_t2v")
     s = _ten_steps(env, case)
     sigmas = unsupported_sigmas(s, name)
-    sink = env.wrappers.TelemetrySink()
+    sink = env.nodes.TelemetrySink()
     ref, spy_ref = _custom(env, case, case.patcher, sigmas)
     with caplog.at_level(logging.WARNING, logger="ab_cache"):
         out, spy = _custom(env, case, _cached(env, case.patcher, sink=sink, order=1, interval=2), sigmas)
@@ -156,7 +156,7 @@ def test_summary_counts_only_finished_calls(env, caplog):
     import comfy.patcher_extension as pe
 
     case = env.case("flux_dev")
-    sink = env.wrappers.TelemetrySink()
+    sink = env.nodes.TelemetrySink()
     m = _cached(env, case.patcher, sink=sink).clone()
     n = {"k": 0}
 

@@ -28,42 +28,37 @@ released in its ``finally``; the model carries only a frozen, configuration-only
 from __future__ import annotations
 
 import dataclasses
-import logging
 import threading
 from typing import Optional
 
 import torch
-from comfy_api.latest import io
 
 import comfy.patcher_extension as pe
 
-from ..abcache_core import PARAMS, CacheRun, CacheSettings
-from ..abcache_core.policy import check_values
-from .inputs import node_param, widget
-from .wrappers import (
-    KEY,
-    OTHER_CACHE_KEYS,
-    _split,
-    _window_key,
+from ...abcache_core import PARAMS, CacheRun, CacheSettings
+from .passes import add_pass_wrappers, pass_tag
+from .scope import (
+    LOG,
+    STEP_CACHES,
     active_in_apply_model,
-    add_pass_wrappers,
     apply_exposure,
     find_transformer_options,
     fresh_clone,
     is_flow,
-    pass_tag,
+    other_caches,
     sampling_of,
     sampling_scope,
-    with_transformer_options,
+    split_batch,
     warn_if_nothing_to_skip,
     warn_if_unsupported_schedule,
+    window_key,
+    with_transformer_options,
 )
 
 KEY_BLOCKS = "ab_cache_blocks"
 KEY_CALL = "ab_cache_blocks_call"     # this model call's _Call, in the call's own copy of transformer_options
-LOG = logging.getLogger("ab_cache")
-CATEGORY = "model_patches/ab_cache"
-NAME = "AB-Cache FLUX blocks"
+NAME = STEP_CACHES[KEY_BLOCKS]
+BLOCK_MODES = ("table", "fixed")      # a step either runs all blocks or reuses the later ones: no call-time mode
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -131,15 +126,11 @@ class BlockRun:
 
 
 # ----------------------------------------------------------------------------------------- wrappers
-def _other_caches(model_options: dict) -> list[str]:
-    to = model_options.get("transformer_options", {})
-    found = sorted({str(getattr(to[k], "name", k)) for k in OTHER_CACHE_KEYS if k in to and k != KEY_BLOCKS})
-    return found + (["AB-Cache"] if KEY in to else [])
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
     return sampling_scope(executor, args, kwargs, KEY_BLOCKS, BlockCacheSpec,
-                          _other_caches(executor.class_obj.model_options), _start, _finish, NAME)
+                          other_caches(executor.class_obj.model_options, KEY_BLOCKS), _start, _finish, NAME)
 
 
 def _start(spec: BlockCacheSpec, patcher, schedule) -> BlockRun:
@@ -180,7 +171,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         return executor(*args, **kwargs)        # nothing to key the history on: run as is
     run = active.run
     sigma = float(sigmas.flatten()[0])
-    wkey = _window_key(to)
+    wkey = window_key(to)
     n = len(uuids)
     uuids = [(u, pass_tag(to, u)) for u in uuids]   # a guidance pass (PAG, SLG ...) has its own history
     ctx = args[2] if len(args) > 2 else kwargs.get("context")
@@ -296,7 +287,7 @@ def _store(call: _Call, name, streams, args, out) -> None:
         if not (isinstance(a, torch.Tensor) and isinstance(o, torch.Tensor) and a.shape == o.shape):
             call.record_ok = False
             return
-        chunks = _split((o - a).detach(), call.n)
+        chunks = split_batch((o - a).detach(), call.n)
         if chunks is None:
             call.record_ok = False
             return
@@ -316,11 +307,13 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = PARA
                          f"blocks ComfyUI exposes as dit double/single block hooks; this model is "
                          f"{type(dm).__name__}. Use AB-Cache or AB-Cache (Advanced) for it.")
     try:
-        check_values(dict(mode=settings.mode, compute_blocks=compute_blocks), BLOCK_PARAMS)
+        if settings.mode not in BLOCK_MODES:
+            raise ValueError(f"mode must be one of {BLOCK_MODES}, got {settings.mode!r}")
+        PARAMS["compute_blocks"].check(compute_blocks)
         settings = settings.validate()
     except ValueError as e:
         raise ValueError(f"{NAME}: {e}") from None
-    m = fresh_clone(model, KEY_BLOCKS, NAME, _other_caches(model.model_options))
+    m = fresh_clone(model, KEY_BLOCKS, NAME, other_caches(model.model_options, KEY_BLOCKS))
     n_double, n_single = block_counts(dm)
     current = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for kind, count in (("double_block", n_double), ("single_block", n_single)):
@@ -335,80 +328,3 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = PARA
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY_BLOCKS, apply_model_wrapper)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY_BLOCKS, diffusion_model_wrapper)
     return m
-
-
-# --------------------------------------------------------------------------------------------- node
-# What the node shows, in widget order. Defaults, choices and wording that differ from the core's table on
-# purpose (EB-Cache's published table and plain reuse are this node's starting point):
-BLOCK_NODE_DEFAULTS = dict(order=1, mode="table", table="eb50", interval=2)
-BLOCK_MODES = ("table", "fixed")
-BLOCK_PARAMS = {
-    "compute_blocks": node_param("compute_blocks"),
-    "order": node_param("order", default=BLOCK_NODE_DEFAULTS["order"], tooltip=(
-        "How many computed steps each reused residual is extrapolated from: 1 = reuse the last one (FORA / "
-        "EB-Cache), 2 = linear in sigma, 3-4 = higher order.")),
-    "mode": node_param("mode", default=BLOCK_NODE_DEFAULTS["mode"], choices=BLOCK_MODES, tooltip=(
-        "table: follow the per-step table. fixed: after warm-up, run all blocks on every interval-th step.")),
-    "table": node_param("table", default=BLOCK_NODE_DEFAULTS["table"], tooltip=(
-        "table mode: one code per step, F or 1 = run all blocks, s, 0 or 2 = reuse the cached blocks, a = "
-        "EB-Cache's 'reuse attention only' (not possible through the block hooks: runs all blocks). 'eb50' = "
-        "EB-Cache's published 50-step table (34 of 50 steps run); a table written for another step count is "
-        "derived for the schedule (first and last step run, same fraction run).")),
-    "interval": node_param("interval", default=BLOCK_NODE_DEFAULTS["interval"], tooltip=(
-        "fixed mode: after warm-up, run all blocks on every N-th step (1 = no reuse).")),
-    "warmup": node_param("warmup", tooltip="First steps that always run all blocks (both modes)."),
-    "final_steps": node_param("final_steps", tooltip="Last steps that always run all blocks (both modes)."),
-    "cache_device": node_param("cache_device", tooltip=(
-        "Where the cached block residuals are kept: 'same' as the model (fastest) or 'cpu' (saves GPU memory: "
-        "FLUX.1 at 1024x1024 stores about 28 MB per block, chunk and history entry in bf16).")),
-    "exposure_delta": node_param("exposure_delta", tooltip=(
-        "Exposure-bias compensation (EB-Cache): the model's noise estimate is divided by this value (0.965 "
-        "enlarges it by 3.6%, EB-Cache's value). 1 = off.")),
-    "exposure_apply": node_param("exposure_apply", tooltip=(
-        "Where exposure_delta applies: 'extrapolated' = only on steps that reused blocks; 'all' = on every model "
-        "call (as EB-Cache does).")),
-}
-MODEL_TIP = ("A FLUX-family model (FLUX.1 dev/schnell/Kontext, Chroma). Other models are refused: use AB-Cache "
-             "(Advanced) for them.")
-
-
-class ABCacheFluxBlocksNode(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="ABCacheFluxBlocks",
-            display_name="AB-Cache FLUX blocks (EB-Cache style)",
-            category=CATEGORY,
-            description="Experimental. Block-level cache for FLUX and Chroma through ComfyUI's block hooks: on "
-                        "skipped steps the first blocks run and every later block adds its cached (order 1) or "
-                        "extrapolated residual instead of running. Steps follow a table (EB-Cache's published one "
-                        "by default) or a fixed interval; optional EB-Cache exposure-bias compensation. On a "
-                        "4-block test model it stayed far below output-level caching: prefer AB-Cache.",
-            inputs=[io.Model.Input("model", tooltip=MODEL_TIP)] + [widget(p) for p in BLOCK_PARAMS.values()],
-            outputs=[io.Model.Output(tooltip="The model with block caching attached. Connect it to the sampler.")],
-            is_experimental=True,
-        )
-
-    @classmethod
-    def validate_inputs(cls, mode=None, table=None, cache_device=None, exposure_apply=None):
-        """Only the cross-checked inputs and the combos (ComfyUI 0.3.75 does not check a v3 combo's value);
-        ComfyUI range-checks the rest. Linked inputs arrive as None and are checked at execution."""
-        try:
-            check_values(dict(mode=mode, table=table, cache_device=cache_device, exposure_apply=exposure_apply),
-                         BLOCK_PARAMS)
-        except ValueError as e:
-            return f"{NAME}: {e}"
-        return True
-
-    @classmethod
-    def execute(cls, model, compute_blocks, order, mode, table, interval, warmup, final_steps, cache_device,
-                exposure_delta, exposure_apply) -> io.NodeOutput:
-        inputs = dict(order=order, mode=mode, table=table, interval=interval, warmup=warmup,
-                      final_steps=final_steps, cache_device=cache_device, exposure_delta=exposure_delta,
-                      exposure_apply=exposure_apply)
-        try:
-            check_values(inputs, BLOCK_PARAMS)
-            settings = CacheSettings(**inputs)
-        except ValueError as e:
-            raise ValueError(f"{NAME}: {e}") from None
-        return io.NodeOutput(apply_block_cache(model, settings, compute_blocks))

@@ -1,0 +1,295 @@
+"""The output-level cache: ModelPatcher wrappers that put an :class:`abcache_core.CacheRun` between the
+sampler and the model (the AB-Cache and AB-Cache (Advanced) nodes attach them with :func:`apply_ab_cache`).
+
+* OUTER_SAMPLE    -- one fresh CacheRun per sampling call (schedule = the sigmas actually sampled);
+                     in ``finally``: one summary line, telemetry to the sink, release of every tensor.
+* PREDICT_NOISE / CALC_COND_BATCH -- tag each conditioning's call with its pass (passes.py): history is
+                     keyed by pass, so a guidance pass never replaces the normal pass's history.
+* DIFFUSION_MODEL -- per-conditioning model call: compute (and remember each chunk's raw output) or
+                     return an extrapolation of each chunk's output. Used when the model's forward runs
+                     DIFFUSION_MODEL wrappers (FLUX, HunyuanVideo, LTX, Wan, CogVideoX, SD U-Net, ...).
+* APPLY_MODEL     -- the same at the apply_model level, in d = (x - denoised) / sigma space, for models
+                     whose forward has no DIFFUSION_MODEL hook (SD3, Mochi, PixArt, HunyuanDiT, ...).
+                     It also detects at run time that a DIFFUSION_MODEL wrapper never fired and takes over,
+                     so no model is silently left uncached.
+                     It is also where the optional exposure-bias compensation (EB-Cache's ε/δ, see
+                     abcache_core/exposure.py) rescales the denoised output, on extrapolated calls or on all.
+
+Nothing here writes into a tensor it did not allocate: predictions are new tensors and history entries
+are clones of the model output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import torch
+
+import comfy.patcher_extension as pe
+
+from ...abcache_core import CacheRun, CacheSettings
+from .passes import add_pass_wrappers, pass_tag
+from .scope import (
+    LOG,
+    STEP_CACHES,
+    active_in_apply_model,
+    apply_exposure,
+    as_parts,
+    find_transformer_options,
+    fresh_clone,
+    has_diffusion_model_hook,
+    is_flow,
+    other_caches,
+    sampling_of,
+    sampling_scope,
+    split_batch,
+    warn_if_nothing_to_skip,
+    warn_if_unsupported_schedule,
+    window_key,
+)
+
+KEY = "ab_cache"
+NAME = STEP_CACHES[KEY]
+
+
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSpec:
+    """What the node stores on the model: configuration only (deep-copy safe)."""
+
+    settings: CacheSettings        # coordinate "auto" is resolved per model at the start of each run
+    verbose: bool = False
+    sink: Any = None               # TelemetrySink (shared) or None
+
+
+
+
+
+
+class ActiveRun:
+    """Per-sampling-call state shared by the wrappers of one run."""
+
+    def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool):
+        self.spec = spec
+        self.run = CacheRun(spec.settings, schedule, flow=flow)
+        self.level = level                     # "diffusion_model" or "apply_model"
+        self.flow = flow                       # CONST (flow) model sampling: the exposure rescale's space
+        self.lock = threading.Lock()
+        self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
+        self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
+        self.parts: dict = {}                  # uuid -> number of output parts (LTX-2: [video, audio])
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+# ----------------------------------------------------------------------------------------- pass identity
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# ---------------------------------------------------------------------------------------------- utils
+
+
+
+
+
+
+
+
+
+
+# ------------------------------------------------------------------------------------------ wrappers
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    return sampling_scope(executor, args, kwargs, KEY, CacheSpec, other_caches(executor.class_obj.model_options, KEY),
+                          _start, _finish, NAME)
+
+
+
+
+def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
+    model, sampling = patcher.model, sampling_of(patcher)
+    level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
+    active = ActiveRun(spec, schedule, level, is_flow(sampling))
+    warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
+    warn_if_unsupported_schedule(NAME, active.run)
+    return active
+
+
+
+
+
+
+def _finish(active: ActiveRun) -> None:
+    run = active.run
+    try:
+        LOG.info("%s [%s, %s, order %d, %s]", run.summary_line(), run.settings.mode,
+                 run.settings.coordinate, run.settings.order, active.level)
+        if active.spec.sink is not None:
+            active.spec.sink.put({
+                "summary": run.summary(),
+                "settings": dataclasses.asdict(run.settings),
+                "schedule": list(run.schedule),
+                "level": active.level,
+                "records": [dataclasses.asdict(r) for r in run.records],
+            })
+    finally:
+        run.release()
+        active.signatures.clear()
+
+
+def diffusion_model_wrapper(executor, *args, **kwargs):
+    to = find_transformer_options(args, kwargs)
+    active = to.get(KEY) if to is not None else None
+    if not isinstance(active, ActiveRun):
+        return executor(*args, **kwargs)
+    with active.lock:
+        active.dm_calls += 1
+    if active.level != "diffusion_model":
+        return executor(*args, **kwargs)
+    x = args[0] if args else kwargs.get("x")
+    return _cached_call(active, to, x, lambda: executor(*args, **kwargs), space="raw")
+
+
+
+
+def apply_model_wrapper(executor, x, t, *args, **kwargs):
+    to, active = active_in_apply_model(KEY, args, kwargs)
+    if not isinstance(active, ActiveRun):
+        return executor(x, t, *args, **kwargs)
+    mark = active.run.mark()
+    if active.level == "diffusion_model":
+        with active.lock:
+            before = active.dm_calls
+        out = executor(x, t, *args, **kwargs)
+        with active.lock:
+            missed = active.dm_calls == before and active.level == "diffusion_model"
+            if missed:
+                active.level = "apply_model"
+        if missed:
+            LOG.warning("AB-Cache: %s runs no DIFFUSION_MODEL wrappers; caching at the apply_model level instead",
+                        type(executor.class_obj.diffusion_model).__name__ if executor.class_obj is not None else "model")
+    else:
+        out = _cached_call(active, to, x, lambda: executor(x, t, *args, **kwargs), space="denoised", t=t)
+    return apply_exposure(active.run, active.flow, x, t, out, mark)
+
+
+
+
+def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
+    """Compute or extrapolate one model call. ``space='denoised'`` caches d = (x - D) / sigma."""
+    sigmas = to.get("sigmas")
+    uuids = list(to.get("uuids") or [])
+    x_parts, _ = as_parts(x)
+    if not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0 or not uuids or x_parts is None:
+        return forward()
+    sigma = float(sigmas.flatten()[0])
+    run = active.run
+    wkey = window_key(to)
+    n = len(uuids)
+    x_chunks = split_batch(x_parts[0], n)
+    if x_chunks is None:
+        return forward()
+    sig_in = (tuple(x_chunks[0].shape), x_parts[0].dtype, len(x_parts))
+    conds = [(u, wkey, pass_tag(to, u)) for u in uuids]   # one history per conditioning, window and pass
+    keys = []
+    with active.lock:
+        for c in conds:
+            nparts = active.parts.get(c, 1)
+            if active.signatures.get(c) != sig_in:
+                for p in range(nparts):       # new resolution/dtype/batch for this cond: start over
+                    run.forget(c + (p,))
+            keys += [c + (p,) for p in range(nparts)]
+    decision = run.decide(sigma, keys, device=x_parts[0].device)
+    if decision.skip:
+        out = _assemble(active, decision.predictions, conds, x_parts, space, t)
+        if out is not None:
+            if active.spec.verbose:
+                LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order, decision.error)
+            return out
+    try:
+        out = forward()
+    except BaseException:
+        run.unfinished(decision)   # the summary counts finished calls only
+        raise
+    parts, _ = as_parts(out)
+    if parts is not None:
+        chunks = [split_batch(p, n) for p in parts]
+        if all(c is not None for c in chunks):
+            rec = {}
+            for i, ck in enumerate(conds):
+                with active.lock:
+                    active.signatures[ck] = sig_in
+                    active.parts[ck] = len(parts)
+                for p, c in enumerate(chunks):
+                    y = c[i]
+                    if space == "denoised":
+                        y = _to_d(x_chunks[i], y, _sig(t, i, n, y))
+                    rec[ck + (p,)] = y.detach().clone()
+            run.record(sigma, rec)
+    if active.spec.verbose:
+        LOG.info("AB-Cache: sigma %.4f computed (%s)", sigma, decision.reason)
+    return out
+
+
+def _sig(t, i, n, like):
+    s = split_batch(t.flatten(), n)[i] if isinstance(t, torch.Tensor) and t.numel() % n == 0 else t
+    s = s.to(device=like.device, dtype=torch.float32)
+    return s.reshape([-1] + [1] * (like.ndim - 1))
+
+
+def _to_d(x, denoised, sigma):
+    return ((x.float() - denoised.float()) / sigma).to(denoised.dtype)
+
+
+def _assemble(active, preds, conds, x_parts, space, t):
+    n = len(conds)
+    nparts = active.parts.get(conds[0], 1)
+    out_parts = []
+    for p in range(nparts):
+        chunks = []
+        for i, c in enumerate(conds):
+            y = preds.get(c + (p,))
+            if y is None:
+                return None
+            if space == "denoised":
+                xc = split_batch(x_parts[0], n)[i]
+                y = (xc.float() - _sig(t, i, n, xc) * y.float()).to(y.dtype)
+            chunks.append(y)
+        out_parts.append(torch.cat(chunks, dim=0))
+    if len(out_parts) == 1 and len(x_parts) == 1:
+        return out_parts[0]
+    return out_parts
+
+
+# ---------------------------------------------------------------------------------------------- apply
+
+
+def apply_ab_cache(model, settings: CacheSettings, verbose: bool = False, sink=None):
+    """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
+    settings = settings.validate()
+    m = fresh_clone(model, KEY, NAME, other_caches(model.model_options, KEY))
+    m.model_options["transformer_options"][KEY] = CacheSpec(settings, verbose, sink)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
+    add_pass_wrappers(m, KEY)
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
+    return m

@@ -1,0 +1,203 @@
+"""The sampling-call scope shared by both caches of this pack (output level and FLUX blocks), and the small
+ComfyUI-facing helpers they share: one OUTER_SAMPLE pattern, one "other step caches" rule, one clone rule,
+one exposure-bias hook, and readers of ComfyUI's call arguments.
+
+Nothing here writes into a tensor it did not allocate.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+import torch
+
+import comfy.model_patcher
+import comfy.patcher_extension as pe
+
+from ...abcache_core import CacheRun, CacheSettings, plan, rescale_denoised
+
+LOG = logging.getLogger("ab_cache")
+
+
+# Every step cache a model can carry, by its key in transformer_options -> the name messages use. ComfyUI's
+# EasyCache and LazyCache both store their holder under "easycache" (the holder knows its own name). Two
+# step caches on one model would skip twice and corrupt each other's state.
+STEP_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache", "ab_cache": "AB-Cache",
+               "ab_cache_blocks": "AB-Cache FLUX blocks"}
+
+
+def other_caches(model_options: dict, own_key: str) -> list[str]:
+    """The names of the step caches on a model other than the one stored under ``own_key``."""
+    to = model_options.get("transformer_options", {})
+    return sorted({str(getattr(to[k], "name", None) or name) for k, name in STEP_CACHES.items()
+                   if k in to and k != own_key})
+
+
+class TelemetrySink:
+    """Holds the numbers (never tensors) of the last finished run of a patched model, for the report node.
+
+    Shared, not copied, across ModelPatcher clones (ComfyUI <= 0.13 deep-copies model_options).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.last: Optional[dict] = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def put(self, data: dict) -> None:
+        with self._lock:
+            self.last = data
+
+
+def is_flow(model_sampling) -> bool:
+    import comfy.model_sampling as ms
+
+    return isinstance(model_sampling, ms.CONST)
+
+
+def has_diffusion_model_hook(diffusion_model) -> bool:
+    """True when the model's forward runs DIFFUSION_MODEL wrappers (core classes define ``_forward``)."""
+    return callable(getattr(type(diffusion_model), "_forward", None))
+
+
+def replace_arg(args, kwargs, index: int, name: str, value):
+    if name in kwargs or len(args) <= index:
+        return args, {**kwargs, name: value}
+    return args[:index] + (value,) + args[index + 1:], kwargs
+
+
+def find_transformer_options(args, kwargs) -> Optional[dict]:
+    to = kwargs.get("transformer_options")
+    if isinstance(to, dict):
+        return to
+    for a in reversed(args):
+        if isinstance(a, dict) and "sigmas" in a and "uuids" in a:
+            return a
+    return None
+
+
+def with_transformer_options(args, kwargs, to: dict, extra: dict):
+    """(args, kwargs) of a wrapped call with ``to`` replaced by a copy that also holds ``extra``."""
+    new = {**to, **extra}
+    if kwargs.get("transformer_options") is to:
+        return args, {**kwargs, "transformer_options": new}
+    return tuple(new if a is to else a for a in args), kwargs
+
+
+def window_key(to: dict):
+    w = to.get("context_window")
+    if w is None:
+        return None
+    idx = getattr(w, "index_list", None)
+    return tuple(idx) if idx is not None else id(w)
+
+
+def as_parts(out):
+    if isinstance(out, torch.Tensor):
+        return [out], False
+    if isinstance(out, (list, tuple)) and out and all(isinstance(o, torch.Tensor) for o in out):
+        return list(out), True
+    return None, False
+
+
+def split_batch(t: torch.Tensor, n: int) -> Optional[list]:
+    if t.ndim == 0 or n <= 0 or t.shape[0] % n:
+        return None
+    b = t.shape[0] // n
+    return [t[i * b:(i + 1) * b] for i in range(n)]
+
+
+def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, start, finish, name: str):
+    """The OUTER_SAMPLE pattern shared by every cache node of this pack.
+
+    Reads the node's spec under ``key``; bypasses (with a warning) when another step cache is attached;
+    otherwise builds the per-run state with ``start(spec, model_patcher, schedule)``, exposes it under ``key`` in a
+    copy of the guider's model_options for this sampling call only, and always calls ``finish(active)``.
+    """
+    guider = executor.class_obj
+    orig = guider.model_options
+    spec = orig.get("transformer_options", {}).get(key)
+    if not isinstance(spec, spec_type):
+        return executor(*args, **kwargs)
+    if others:
+        LOG.warning("%s: %s is also attached to this model; %s is bypassed for this run so that steps are not "
+                    "skipped twice. Use one step cache per model.", name, " and ".join(others), name)
+        return executor(*args, **kwargs)
+    sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
+    schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
+    active = start(spec, guider.model_patcher, schedule)
+    guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
+    guider.model_options["transformer_options"][key] = active
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = orig
+        finish(active)
+
+
+def sampling_of(patcher):
+    """The model sampling the sampler really uses: the patcher's object patch (ModelSamplingDiscrete,
+    ModelSamplingContinuousEDM/V, ModelSamplingSD3/Flux ...) when there is one. OUTER_SAMPLE runs before
+    ComfyUI applies object patches to the model, so ``patcher.model.model_sampling`` is still the original."""
+    get = getattr(patcher, "get_model_object", None)
+    if callable(get):
+        try:
+            return get("model_sampling")
+        except (AttributeError, KeyError):
+            pass
+    return patcher.model.model_sampling
+
+
+def warn_if_unsupported_schedule(name: str, run: CacheRun) -> None:
+    if run.unsupported:
+        LOG.warning("%s: %s; this run is not cached (every step runs the model).", name, run.unsupported)
+
+
+def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int) -> None:
+    if steps <= 0:
+        return
+    if all(plan(settings, steps)):
+        LOG.warning("%s: with %d steps nothing can be skipped (mode %s, warm-up %d, interval %d, final steps "
+                    "%d); every step runs the model. Lower the warm-up or interval, or use more steps.",
+                    name, steps, settings.mode, settings.warmup, settings.interval, settings.final_steps)
+
+
+def active_in_apply_model(key: str, args, kwargs):
+    """Our per-run state from an APPLY_MODEL call (x, t, c_concat, c_crossattn, control, transformer_options)."""
+    to = kwargs.get("transformer_options")
+    if not isinstance(to, dict):
+        to = args[3] if len(args) > 3 and isinstance(args[3], dict) else None
+    return to, (to.get(key) if to is not None else None)
+
+
+def apply_exposure(run: CacheRun, flow: bool, x, t, out, mark: int):
+    """EB-Cache's exposure-bias compensation on one apply_model output (denoised D at noise level t).
+
+    D is rescaled (ε -> ε/δ at fixed x; abcache_core/exposure.py) when δ != 1 and either the settings say
+    'all' or a call decided since ``mark`` was extrapolated. δ = 1 returns ``out`` itself.
+    """
+    s = run.settings
+    if s.exposure_delta == 1.0 or not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
+        return out
+    if s.exposure_apply != "all" and not run.extrapolated_since(mark):
+        return out
+    if x.shape != out.shape or not isinstance(t, torch.Tensor) or t.numel() not in (1, out.shape[0]):
+        return out
+    return rescale_denoised(x, out, t.detach(), s.exposure_delta, flow)
+
+
+def fresh_clone(model, key: str, name: str, others: list):
+    """Clone for a cache node: refuse a model that already carries another step cache, and drop this node's
+    own wrappers from an earlier application (re-applying replaces)."""
+    if others:
+        raise ValueError(f"{name}: this model already has {' and '.join(others)} attached. Both skip model work "
+                         f"and would corrupt each other's cache: remove one of the two nodes.")
+    m = model.clone()
+    for wtype in (pe.WrappersMP.OUTER_SAMPLE, pe.WrappersMP.PREDICT_NOISE, pe.WrappersMP.CALC_COND_BATCH,
+                  pe.WrappersMP.DIFFUSION_MODEL, pe.WrappersMP.APPLY_MODEL):
+        if m.get_wrappers(wtype, key):
+            m.remove_wrappers_with_key(wtype, key)
+    return m
