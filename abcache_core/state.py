@@ -87,7 +87,8 @@ class CacheRun:
         self._run = 0                           # consecutive skipped noise levels
         self._last_coord: Optional[float] = None
         nz = [s for s in self.schedule if s > 0]
-        span_pts = [sigma_to_coordinate(s, self.settings.coordinate, self.schedule) for s in (nz[:1] + nz[-1:])] if nz else []
+        ends = nz[:1] + nz[-1:]
+        span_pts = [sigma_to_coordinate(s, self.settings.coordinate, self.schedule) for s in ends] if nz else []
         self._span = abs(span_pts[0] - span_pts[-1]) if len(span_pts) == 2 and span_pts[0] != span_pts[-1] else 1.0
 
     # -- deep copies (ComfyUI <= 0.13 deep-copies model_options): share the live run, never copy tensors

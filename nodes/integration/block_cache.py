@@ -37,27 +37,13 @@ import comfy.patcher_extension as pe
 
 from ...abcache_core import PARAMS, CacheRun, CacheSettings
 from .passes import add_pass_wrappers, pass_tag
-from .scope import (
-    LOG,
-    STEP_CACHES,
-    active_in_apply_model,
-    apply_exposure,
-    find_transformer_options,
-    fresh_clone,
-    is_flow,
-    other_caches,
-    sampling_of,
-    sampling_scope,
-    split_batch,
-    warn_if_nothing_to_skip,
-    warn_if_unsupported_schedule,
-    window_key,
-    with_transformer_options,
-)
+from . import scope
+
+LOG = scope.LOG
 
 KEY_BLOCKS = "ab_cache_blocks"
 KEY_CALL = "ab_cache_blocks_call"     # this model call's _Call, in the call's own copy of transformer_options
-NAME = STEP_CACHES[KEY_BLOCKS]
+NAME = scope.STEP_CACHES[KEY_BLOCKS]
 BLOCK_MODES = ("table", "fixed")      # a step either runs all blocks or reuses the later ones: no call-time mode
 
 
@@ -129,16 +115,16 @@ class BlockRun:
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
-    return sampling_scope(executor, args, kwargs, KEY_BLOCKS, BlockCacheSpec,
-                          other_caches(executor.class_obj.model_options, KEY_BLOCKS), _start, _finish, NAME)
+    return scope.sampling_scope(executor, args, kwargs, KEY_BLOCKS, BlockCacheSpec,
+                          scope.other_caches(executor.class_obj.model_options, KEY_BLOCKS), _start, _finish, NAME)
 
 
 def _start(spec: BlockCacheSpec, patcher, schedule) -> BlockRun:
-    sampling = sampling_of(patcher)
+    sampling = scope.sampling_of(patcher)
     n_double, _ = block_counts(patcher.model.diffusion_model)
-    warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
-    active = BlockRun(spec, schedule, n_double, is_flow(sampling))
-    warn_if_unsupported_schedule(NAME, active.run)
+    scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
+    active = BlockRun(spec, schedule, n_double, scope.is_flow(sampling))
+    scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
 
 
@@ -159,7 +145,7 @@ def _finish(active: BlockRun) -> None:
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
     """Decide compute/skip for this model call, expose it to the block hooks, record the residuals."""
-    to = find_transformer_options(args, kwargs)
+    to = scope.find_transformer_options(args, kwargs)
     active = to.get(KEY_BLOCKS) if to is not None else None
     if not isinstance(active, BlockRun):
         return executor(*args, **kwargs)
@@ -171,7 +157,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
         return executor(*args, **kwargs)        # nothing to key the history on: run as is
     run = active.run
     sigma = float(sigmas.flatten()[0])
-    wkey = window_key(to)
+    wkey = scope.window_key(to)
     n = len(uuids)
     uuids = [(u, pass_tag(to, u)) for u in uuids]   # a guidance pass (PAG, SLG ...) has its own history
     ctx = args[2] if len(args) > 2 else kwargs.get("context")
@@ -191,7 +177,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     call = _Call(sigma, uuids, wkey, decision.skip)
     # The call's state travels with this call's transformer_options (a copy), never in a shared slot: calls
     # from several threads (ComfyUI's multi-GPU work units) each see their own.
-    args, kwargs = with_transformer_options(args, kwargs, to, {KEY_CALL: call})
+    args, kwargs = scope.with_transformer_options(args, kwargs, to, {KEY_CALL: call})
     try:
         out = executor(*args, **kwargs)
     except BaseException:
@@ -210,12 +196,12 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
 
 def apply_model_wrapper(executor, x, t, *args, **kwargs):
     """Exposure-bias compensation (EB-Cache's ε/δ) on the denoised output; see abcache_core/exposure.py."""
-    _, active = active_in_apply_model(KEY_BLOCKS, args, kwargs)
+    _, active = scope.active_in_apply_model(KEY_BLOCKS, args, kwargs)
     if not isinstance(active, BlockRun):
         return executor(x, t, *args, **kwargs)
     mark = active.run.mark()
     out = executor(x, t, *args, **kwargs)
-    return apply_exposure(active.run, active.flow, x, t, out, mark)
+    return scope.apply_exposure(active.run, active.flow, x, t, out, mark)
 
 
 def _make_block_patch(kind: str, index: int, prev):
@@ -287,7 +273,7 @@ def _store(call: _Call, name, streams, args, out) -> None:
         if not (isinstance(a, torch.Tensor) and isinstance(o, torch.Tensor) and a.shape == o.shape):
             call.record_ok = False
             return
-        chunks = split_batch((o - a).detach(), call.n)
+        chunks = scope.split_batch((o - a).detach(), call.n)
         if chunks is None:
             call.record_ok = False
             return
@@ -313,7 +299,7 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = PARA
         settings = settings.validate()
     except ValueError as e:
         raise ValueError(f"{NAME}: {e}") from None
-    m = fresh_clone(model, KEY_BLOCKS, NAME, other_caches(model.model_options, KEY_BLOCKS))
+    m = scope.fresh_clone(model, KEY_BLOCKS, NAME, scope.other_caches(model.model_options, KEY_BLOCKS))
     n_double, n_single = block_counts(dm)
     current = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     for kind, count in (("double_block", n_double), ("single_block", n_single)):

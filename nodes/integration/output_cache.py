@@ -30,27 +30,12 @@ import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings
 from .passes import add_pass_wrappers, pass_tag
-from .scope import (
-    LOG,
-    STEP_CACHES,
-    active_in_apply_model,
-    apply_exposure,
-    as_parts,
-    find_transformer_options,
-    fresh_clone,
-    has_diffusion_model_hook,
-    is_flow,
-    other_caches,
-    sampling_of,
-    sampling_scope,
-    split_batch,
-    warn_if_nothing_to_skip,
-    warn_if_unsupported_schedule,
-    window_key,
-)
+from . import scope
+
+LOG = scope.LOG
 
 KEY = "ab_cache"
-NAME = STEP_CACHES[KEY]
+NAME = scope.STEP_CACHES[KEY]
 
 
 
@@ -119,18 +104,18 @@ class ActiveRun:
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
-    return sampling_scope(executor, args, kwargs, KEY, CacheSpec, other_caches(executor.class_obj.model_options, KEY),
-                          _start, _finish, NAME)
+    others = scope.other_caches(executor.class_obj.model_options, KEY)
+    return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME)
 
 
 
 
 def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
-    model, sampling = patcher.model, sampling_of(patcher)
-    level = "diffusion_model" if has_diffusion_model_hook(model.diffusion_model) else "apply_model"
-    active = ActiveRun(spec, schedule, level, is_flow(sampling))
-    warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
-    warn_if_unsupported_schedule(NAME, active.run)
+    model, sampling = patcher.model, scope.sampling_of(patcher)
+    level = "diffusion_model" if scope.has_diffusion_model_hook(model.diffusion_model) else "apply_model"
+    active = ActiveRun(spec, schedule, level, scope.is_flow(sampling))
+    scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
+    scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
 
 
@@ -157,7 +142,7 @@ def _finish(active: ActiveRun) -> None:
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
-    to = find_transformer_options(args, kwargs)
+    to = scope.find_transformer_options(args, kwargs)
     active = to.get(KEY) if to is not None else None
     if not isinstance(active, ActiveRun):
         return executor(*args, **kwargs)
@@ -172,7 +157,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
 
 
 def apply_model_wrapper(executor, x, t, *args, **kwargs):
-    to, active = active_in_apply_model(KEY, args, kwargs)
+    to, active = scope.active_in_apply_model(KEY, args, kwargs)
     if not isinstance(active, ActiveRun):
         return executor(x, t, *args, **kwargs)
     mark = active.run.mark()
@@ -185,11 +170,12 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
             if missed:
                 active.level = "apply_model"
         if missed:
+            owner = executor.class_obj
             LOG.warning("AB-Cache: %s runs no DIFFUSION_MODEL wrappers; caching at the apply_model level instead",
-                        type(executor.class_obj.diffusion_model).__name__ if executor.class_obj is not None else "model")
+                        type(owner.diffusion_model).__name__ if owner is not None else "model")
     else:
         out = _cached_call(active, to, x, lambda: executor(x, t, *args, **kwargs), space="denoised", t=t)
-    return apply_exposure(active.run, active.flow, x, t, out, mark)
+    return scope.apply_exposure(active.run, active.flow, x, t, out, mark)
 
 
 
@@ -198,14 +184,14 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
     """Compute or extrapolate one model call. ``space='denoised'`` caches d = (x - D) / sigma."""
     sigmas = to.get("sigmas")
     uuids = list(to.get("uuids") or [])
-    x_parts, _ = as_parts(x)
+    x_parts, _ = scope.as_parts(x)
     if not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0 or not uuids or x_parts is None:
         return forward()
     sigma = float(sigmas.flatten()[0])
     run = active.run
-    wkey = window_key(to)
+    wkey = scope.window_key(to)
     n = len(uuids)
-    x_chunks = split_batch(x_parts[0], n)
+    x_chunks = scope.split_batch(x_parts[0], n)
     if x_chunks is None:
         return forward()
     sig_in = (tuple(x_chunks[0].shape), x_parts[0].dtype, len(x_parts))
@@ -223,16 +209,17 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
         out = _assemble(active, decision.predictions, conds, x_parts, space, t)
         if out is not None:
             if active.spec.verbose:
-                LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order, decision.error)
+                LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order,
+                         decision.error)
             return out
     try:
         out = forward()
     except BaseException:
         run.unfinished(decision)   # the summary counts finished calls only
         raise
-    parts, _ = as_parts(out)
+    parts, _ = scope.as_parts(out)
     if parts is not None:
-        chunks = [split_batch(p, n) for p in parts]
+        chunks = [scope.split_batch(p, n) for p in parts]
         if all(c is not None for c in chunks):
             rec = {}
             for i, ck in enumerate(conds):
@@ -251,7 +238,7 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
 
 
 def _sig(t, i, n, like):
-    s = split_batch(t.flatten(), n)[i] if isinstance(t, torch.Tensor) and t.numel() % n == 0 else t
+    s = scope.split_batch(t.flatten(), n)[i] if isinstance(t, torch.Tensor) and t.numel() % n == 0 else t
     s = s.to(device=like.device, dtype=torch.float32)
     return s.reshape([-1] + [1] * (like.ndim - 1))
 
@@ -271,7 +258,7 @@ def _assemble(active, preds, conds, x_parts, space, t):
             if y is None:
                 return None
             if space == "denoised":
-                xc = split_batch(x_parts[0], n)[i]
+                xc = scope.split_batch(x_parts[0], n)[i]
                 y = (xc.float() - _sig(t, i, n, xc) * y.float()).to(y.dtype)
             chunks.append(y)
         out_parts.append(torch.cat(chunks, dim=0))
@@ -286,7 +273,7 @@ def _assemble(active, preds, conds, x_parts, space, t):
 def apply_ab_cache(model, settings: CacheSettings, verbose: bool = False, sink=None):
     """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
     settings = settings.validate()
-    m = fresh_clone(model, KEY, NAME, other_caches(model.model_options, KEY))
+    m = scope.fresh_clone(model, KEY, NAME, scope.other_caches(model.model_options, KEY))
     m.model_options["transformer_options"][KEY] = CacheSpec(settings, verbose, sink)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
     add_pass_wrappers(m, KEY)
