@@ -1,7 +1,11 @@
-"""Fidelity and speed of AB-Cache against fewer steps, ComfyUI's EasyCache and LazyCache, on a trained FLUX.
+"""Fidelity and speed of AB-Cache against fewer steps, ComfyUI's EasyCache and LazyCache, on a trained FLUX;
+with ``--model sd15|wan`` the same harness at users' settings on the trained SD 1.5 (VP) and Wan 2.1 (video)
+models (benchmarks/user_settings.py).
 
     python -m benchmarks.run                 # full table (about 10-20 min on 2 CPU cores)
     python -m benchmarks.run --quick         # one sampler setting, fewer variants (CI-sized)
+    python -m benchmarks.run --model sd15    # SD 1.5: euler/dpmpp_2m/ddim x 20/30/50 steps x cfg 1/5
+    python -m benchmarks.run --model wan     # Wan 2.1 video: euler 20/30/50 steps, temporal metric too
 
 Model: ComfyUI's own ``Flux`` class trained on hand-written digits (devtools/trained_flux.py), loaded through
 ``comfy.supported_models.Flux`` so ComfyUI's real samplers run it. For every sampler setting all methods run
@@ -70,17 +74,20 @@ class Row:
 class Bench:
     """Everything needed to sample the trained model for a list of classes and seeds."""
 
-    def __init__(self, classes, seeds, repeats):
-        from devtools import harness, trained_flux
+    def __init__(self, classes, seeds, repeats, model="flux"):
+        from devtools import harness, trained_models
         from devtools.pack import load_nodes
 
-        self.harness, self.tf = harness, trained_flux
+        self.harness = harness
         self.nodes = load_nodes()
-        self.patcher, self.digits = trained_flux.load()
+        self.model_name = model
+        self.patcher, self.digits = trained_models.load(model)     # digits: the model's Kit
+        self.spec = self.digits.spec
         self.classes, self.seeds, self.repeats = list(classes), list(seeds), repeats
 
     def sample_all(self, model, s: Setting, steps=None):
-        """Decoded images (N, 32, 32) for all classes x seeds, mean forward calls per sampling call, seconds."""
+        """Decoded images (N, H, W) -- video: (N, F, H, W) -- for all classes x seeds, mean forward calls per
+        sampling call, seconds."""
         import torch
 
         m, spy = self.harness.with_spy(model)
@@ -90,7 +97,7 @@ class Bench:
             out = self.harness.sample(m, latent, self.digits.conditioning(c), self.digits.null_conditioning(),
                                       steps=steps or s.steps, cfg=s.cfg, sampler=s.sampler, scheduler=s.scheduler,
                                       seed=1000 + c)
-            imgs.append(self.tf.decode_gray(out))
+            imgs.append(self.digits.decode_gray(out))
         dt = time.perf_counter() - t0
         return torch.cat(imgs), spy.calls / len(self.classes), dt
 
@@ -124,10 +131,12 @@ class Bench:
 
 
 def psnr_ssim(ref, imgs):
+    """Mean PSNR and SSIM over images (video: over all frames of all clips) in [0, 1]."""
     import numpy as np
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     p, s = [], []
+    ref, imgs = ref.reshape(-1, *ref.shape[-2:]), imgs.reshape(-1, *imgs.shape[-2:])
     for a, b in zip(ref.numpy().astype(np.float64), imgs.numpy().astype(np.float64)):
         mse = float(np.mean((a - b) ** 2))
         p.append(100.0 if mse == 0 else peak_signal_noise_ratio(a, b, data_range=1.0))
@@ -230,7 +239,7 @@ def extra_memory_mb(model, b: Bench) -> float:
     if spec is None or spec.sink is None or not spec.sink.last:
         return 0.0
     order = spec.sink.last["settings"]["order"]
-    chunk = 4 * len(b.seeds) * math.prod(b.tf.LATENT_SHAPE)
+    chunk = 4 * len(b.seeds) * math.prod(b.spec.latent_shape)
     return order * 2 * chunk / 2**20
 
 
@@ -328,7 +337,22 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--summary-only", action="store_true", help="re-summarise the table already in docs/")
+    ap.add_argument("--model", choices=["flux", "sd15", "wan"], default="flux",
+                    help="flux: this study; sd15 / wan: users' settings on the trained VP / video model "
+                         "(benchmarks/user_settings.py)")
     args = ap.parse_args(argv)
+    if args.model != "flux":
+        from devtools import runtime
+
+        runtime.activate(cpu=True)
+        import torch
+
+        torch.set_num_threads(1)
+        from benchmarks import user_settings
+
+        settings = user_settings.SETTINGS[args.model][:1] if args.quick else None
+        user_settings.main(args.model, write=not args.no_write, settings=settings)
+        return 0
     if args.summary_only:
         from benchmarks.report import DOC
         text = DOC.read_text()
@@ -357,7 +381,7 @@ def main(argv=None) -> int:
         pareto_plot(rows, DOCS / "benchmark_pareto.png")
         import json
 
-        params = json.loads(b.tf.METADATA.read_text())["parameters"]["flux"]
+        params = json.loads(b.spec.metadata_path.read_text())["parameters"]["flux"]
         head = (f"Trained tiny FLUX (ComfyUI `Flux` class, hand-written digits, {params:,} "
                 f"parameters), {len(b.classes)} classes x {len(b.seeds)} seeds per setting, ComfyUI "
                 f"{runtime.comfyui_version()}, CPU. PSNR/SSIM of the decoded 32x32 images against full compute "

@@ -13,6 +13,13 @@ PSNR/SSIM against the uncached images, and writes into ``demo_output/`` (or ``--
 ``side_by_side.png`` (top: full compute, bottom: AB-Cache) and ``report.png`` (the Report node's plot).
 The setting is the benchmark's "euler 50 steps, cfg 3" row for "AB-Cache fixed k=2, interval 4", with the
 same classes and seeds, so the numbers match docs/BENCHMARKS.md.
+
+Then the video model: ComfyUI's own Wan 2.1 class trained on moving digits (benchmarks/train_tiny_models.py,
+8 frames of 32x32), two clips per digit class, euler 30 steps, cfg 5 (shift 8 from the model config), full
+compute and the AB-Cache node's defaults in the same server. It prints calls, wall clock, per-frame PSNR/SSIM
+and the temporal error (frame-to-frame differences against the full run), and writes
+``video_side_by_side.gif`` (animated, loops; top row full compute, bottom row AB-Cache). The numbers are the
+"euler 30 steps, cfg 5" rows of the Wan section of docs/BENCHMARKS.md (same classes and seeds).
 """
 from __future__ import annotations
 
@@ -26,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 HELPER = REPO / "tests" / "helper_pack" / "ab_test_nodes"
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
+
+from abcache_core import default  # noqa: E402  (pure torch, never imports ComfyUI)
 
 CLASSES = range(10)
 SEEDS = 4          # images per class (latent batch), noise seed 1000 + class: as benchmarks/run.py
@@ -54,6 +63,53 @@ def graph(cached: bool, steps: int, cfg: float, order: int, interval: int, warmu
     return g
 
 
+VIDEO_MODEL = "wan"
+VIDEO_SEEDS = 2    # clips per class (latent batch), noise seed 1000 + class: as benchmarks/run.py --model wan
+
+
+def video_graph(cached: bool, steps: int, cfg: float, order: int, interval: int, warmup: int, tag: str) -> dict:
+    """The trained Wan 2.1 video model: one KSampler per digit class (euler, simple schedule, shift 8)."""
+    g = {"model": {"class_type": "ABTest_TrainedModel", "inputs": {"name": VIDEO_MODEL, "batch_size": VIDEO_SEEDS}},
+         "null": {"class_type": "ABTest_ClassConditioning", "inputs": {"name": VIDEO_MODEL, "digit": 10}}}
+    model = ["model", 0]
+    if cached:
+        g["abcache"] = {"class_type": "ABCache", "inputs": {"model": model, "order": order, "interval": interval,
+                                                            "warmup": warmup}}
+        model = ["abcache", 0]
+    for c in CLASSES:
+        g[f"cond{c}"] = {"class_type": "ABTest_ClassConditioning", "inputs": {"name": VIDEO_MODEL, "digit": c}}
+        g[f"ks{c}"] = {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": [f"cond{c}", 0], "negative": ["null", 0], "latent_image": ["model", 1],
+            "seed": 1000 + c, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
+            "denoise": 1.0}}
+        g[f"save{c}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"ks{c}", 0],
+                                                                 "filename_prefix": f"{tag}/video{c}"}}
+    return g
+
+
+def save_video_side_by_side(full, cached, path, calls_full, calls_cached, scale=4):
+    """Animated GIF (loops; browsers and GitHub play it): one clip per class, top row full compute, bottom row
+    AB-Cache, one GIF frame per video frame. full/cached: (N, F, H, W) in [0, 1]."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    frames = []
+    for f in range(full.shape[1]):
+        top = np.concatenate([c[f] for c in full.numpy()], axis=1)
+        bottom = np.concatenate([c[f] for c in cached.numpy()], axis=1)
+        grid = np.concatenate([top, np.ones((2, top.shape[1])), bottom])
+        pic = Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8))
+        pic = pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST).convert("RGB")
+        canvas = Image.new("RGB", (pic.width + 170, pic.height), "white")
+        canvas.paste(pic, (170, 0))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((8, pic.height // 4 - 10), f"full compute\n{calls_full} model calls", fill="black")
+        draw.text((8, 3 * pic.height // 4 - 10), f"AB-Cache\n{calls_cached} model calls", fill="black")
+        draw.text((8, pic.height - 14), f"frame {f + 1}/{full.shape[1]}", fill="gray")
+        frames.append(canvas.convert("P", palette=Image.ADAPTIVE, colors=64))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=180, loop=0, optimize=False)
+
+
 def _exec_seconds(entry: dict) -> float:
     ts = {m[0]: m[1].get("timestamp") for m in entry["status"]["messages"] if isinstance(m[1], dict)}
     return (ts["execution_success"] - ts["execution_start"]) / 1000.0
@@ -63,15 +119,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=3.0)
-    ap.add_argument("--order", type=int, default=2)
-    ap.add_argument("--interval", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=3)
+    for name in ("order", "interval", "warmup"):      # the AB-Cache node's defaults
+        ap.add_argument(f"--{name}", type=int, default=default(name))
+    ap.add_argument("--video-steps", type=int, default=30, help="steps of the video model (0: skip the video)")
+    ap.add_argument("--video-cfg", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=REPO / "demo_output")
     args = ap.parse_args(argv)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=6, desc="AB-Cache demo", unit="stage", file=sys.stdout)
+    bar = tqdm(total=5 + 2 * bool(args.video_steps), desc="AB-Cache demo", unit="stage", file=sys.stdout)
     from devtools import runtime
 
     bar.set_postfix_str("ComfyUI runtime")
@@ -82,7 +139,8 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     from benchmarks.run import psnr_ssim
-    from devtools import trained_flux
+    from benchmarks.user_settings import frame_metrics, temporal_metrics
+    from devtools import trained_flux, trained_models
     from devtools.server import ComfyServer
 
     bar.update()
@@ -108,6 +166,18 @@ def main(argv=None) -> int:
         rep = results["abcache"][2]["outputs"]["save_report"]["images"][0]
         report_src = srv.base / "output" / rep["subfolder"] / rep["filename"]
         Image.open(report_src).save(args.out / "report.png")
+        video = {}
+        for tag, cached in (("video_full", False), ("video_abcache", True)) if args.video_steps else ():
+            bar.set_postfix_str(f"video model ({tag})")
+            entry = srv.run(video_graph(cached, args.video_steps, args.video_cfg, args.order, args.interval,
+                                        args.warmup, tag), timeout=1200)
+            lat = [load_file(str(srv.base / "output" / entry["outputs"][f"save{c}"]["latents"][0]["subfolder"] /
+                                 entry["outputs"][f"save{c}"]["latents"][0]["filename"]))["latent_tensor"]
+                   for c in CLASSES]
+            video[tag] = (torch.cat(lat), _exec_seconds(entry))
+            bar.update()
+        vlog = srv.log_text()[len(log):]
+        vcalls = [tuple(map(int, m)) for m in re.findall(r"AB-Cache: computed (\d+)/(\d+) model calls", vlog)]
 
     full_img = trained_flux.decode_gray(results["full"][0])
     ab_img = trained_flux.decode_gray(results["abcache"][0])
@@ -137,8 +207,31 @@ def main(argv=None) -> int:
     print(f"  wall clock    full {t_full:.1f} s  ->  AB-Cache {t_ab:.1f} s   ({t_full / t_ab:.2f}x faster)")
     print(f"  fidelity      PSNR {psnr:.1f} dB, SSIM {ssim:.4f} against the full-compute images")
     print(f"  pictures      {args.out / 'side_by_side.png'}  {args.out / 'report.png'}")
-    return dict(calls_full=total, calls_cached=computed, seconds_full=t_full, seconds_cached=t_ab, psnr=psnr,
-                ssim=ssim, images_full=full_img, images_cached=ab_img)
+    res = dict(calls_full=total, calls_cached=computed, seconds_full=t_full, seconds_cached=t_ab, psnr=psnr,
+               ssim=ssim, images_full=full_img, images_cached=ab_img)
+    if video:
+        kit = trained_models.load_kit(VIDEO_MODEL)
+        vf, va = kit.decode_gray(video["video_full"][0]), kit.decode_gray(video["video_abcache"][0])
+        p, q = frame_metrics(vf, va)
+        vpsnr, vssim = sum(p) / len(p), sum(q) / len(q)
+        tpsnr, trel = temporal_metrics(vf, va)
+        vcomp, vtot = sum(c for c, _ in vcalls), sum(t for _, t in vcalls)
+        first = [c * VIDEO_SEEDS for c in CLASSES]
+        save_video_side_by_side(vf[first], va[first], args.out / "video_side_by_side.gif",
+                                max((t for _, t in vcalls), default=0), max((c for c, _ in vcalls), default=0))
+        vt_full, vt_ab = video["video_full"][1], video["video_abcache"][1]
+        print(f"\nAB-Cache demo, video: trained Wan 2.1 model (ComfyUI WAN21_T2V class), moving digits 0-9 x "
+              f"{VIDEO_SEEDS} clips of {kit.spec.frames} frames, euler {args.video_steps} steps, cfg {args.video_cfg:g}, "
+              f"shift 8")
+        print(f"  model calls   full {vtot}  ->  AB-Cache {vcomp}   ({vtot / max(vcomp, 1):.2f}x fewer)")
+        print(f"  wall clock    full {vt_full:.1f} s  ->  AB-Cache {vt_ab:.1f} s   ({vt_full / vt_ab:.2f}x faster)")
+        print(f"  fidelity      PSNR {vpsnr:.1f} dB, SSIM {vssim:.4f} per frame; temporal PSNR {tpsnr:.1f} dB "
+              f"(frame-to-frame differences, relative error {100 * trel:.1f} %)")
+        print(f"  animation     {args.out / 'video_side_by_side.gif'}")
+        res.update(video_calls_full=vtot, video_calls_cached=vcomp, video_seconds_full=vt_full,
+                   video_seconds_cached=vt_ab, video_psnr=vpsnr, video_ssim=vssim, video_tpsnr=tpsnr,
+                   video_trel=trel, video_full=vf, video_cached=va)
+    return res
 
 
 if __name__ == "__main__":

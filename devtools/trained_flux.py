@@ -33,17 +33,18 @@ information: this model is *not* guidance-distilled, use CFG (cfg 2-4) for guida
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from devtools import trained_models
+
 REPO = Path(__file__).resolve().parent.parent
-ASSET_DIR = REPO / "benchmarks" / "assets"
-WEIGHTS = ASSET_DIR / "tiny_flux_digits.safetensors"
-METADATA = ASSET_DIR / "tiny_flux_digits.json"
+ASSET_DIR = trained_models.ASSET_DIR
+SPEC = trained_models.spec("flux")
+WEIGHTS = SPEC.weights
+METADATA = SPEC.metadata_path
 
 NUM_CLASSES = 10
 NULL_CLASS = 10                 # conditioning index of the "no class" (unconditional) entry
@@ -56,14 +57,7 @@ LATENT_SHAPE = (16, IMAGE_SIZE // UNSHUFFLE, IMAGE_SIZE // UNSHUFFLE)
 DEFAULT_GUIDANCE = 3.5
 COND_PREFIX = "conditioning."   # keys of the class tables in the safetensors file (rest: Flux state_dict)
 
-UNET_CONFIG = dict(
-    image_model="flux", guidance_embed=True,
-    in_channels=16, out_channels=16, patch_size=2,
-    vec_in_dim=POOLED_DIM, context_in_dim=CONTEXT_DIM,
-    hidden_size=128, mlp_ratio=4.0, num_heads=4, depth=2, depth_single_blocks=2,
-    axes_dim=[8, 12, 12], theta=10000, qkv_bias=True,
-    txt_ids_dims=[],            # only newer ComfyUI trees know it; filtered out elsewhere
-)
+UNET_CONFIG = trained_models.FLUX_UNET   # one definition, shared with devtools/trained_models.py
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,88 +115,28 @@ def decode_gray(latent) -> torch.Tensor:
 
 def unet_config() -> dict:
     """UNET_CONFIG filtered to the keys this ComfyUI's Flux/FluxParams accept."""
-    import dataclasses
-    import inspect
-
-    import comfy.ldm.flux.model as fm
-
-    names = {f.name for f in dataclasses.fields(fm.FluxParams)}
-    names |= {n for n in inspect.signature(fm.Flux.__init__).parameters}
-    return {k: v for k, v in UNET_CONFIG.items() if k in names}
+    return trained_models.unet_config(SPEC)
 
 
 def build_model(dtype: torch.dtype = torch.float32):
     """An untrained ``comfy.model_base.Flux`` built through ``comfy.supported_models.Flux`` (weights empty)."""
-    import comfy.supported_models as sm
-
-    cfg = sm.Flux(unet_config())
-    cfg.set_inference_dtype(dtype, None)
-    return cfg.get_model({})
+    return trained_models.build_model(SPEC, dtype)
 
 
-def split_state_dict(sd: dict) -> tuple[dict, dict]:
-    """(Flux diffusion_model state_dict, class tables {"context", "pooled"})."""
-    flux = {k: v for k, v in sd.items() if not k.startswith(COND_PREFIX)}
-    cond = {k[len(COND_PREFIX):]: v for k, v in sd.items() if k.startswith(COND_PREFIX)}
-    return flux, cond
+split_state_dict = trained_models.split_state_dict
 
 
-@dataclass
-class Digits:
-    """Conditioning / latent helpers that go with the loaded model."""
+class Digits(trained_models.Kit):
+    """Conditioning / latent helpers that go with the loaded FLUX model (a :class:`trained_models.Kit`)."""
 
-    context: torch.Tensor           # (11, COND_TOKENS, CONTEXT_DIM) float32
-    pooled: torch.Tensor            # (11, POOLED_DIM) float32
-    metadata: dict = field(default_factory=dict)
-    guidance: float = DEFAULT_GUIDANCE
-
-    def conditioning(self, class_index: int, guidance: float | None = None) -> list:
-        """CONDITIONING for digit ``class_index`` (0-9; 10 = null / unconditional)."""
-        i = int(class_index)
-        if not 0 <= i <= NULL_CLASS:
-            raise ValueError(f"class_index must be 0..{NULL_CLASS} (got {class_index})")
-        g = self.guidance if guidance is None else float(guidance)
-        return [[self.context[i:i + 1].clone(), {"pooled_output": self.pooled[i:i + 1].clone(), "guidance": g}]]
-
-    def null_conditioning(self, guidance: float | None = None) -> list:
-        return self.conditioning(NULL_CLASS, guidance)
-
-    @staticmethod
-    def empty_latent(batch: int = 1) -> torch.Tensor:
-        return torch.zeros((batch, *LATENT_SHAPE))
-
-    encode = staticmethod(encode)
-    decode = staticmethod(decode)
-    decode_gray = staticmethod(decode_gray)
+    def __init__(self, context, pooled, metadata=None):
+        super().__init__(spec=SPEC, context=context, pooled=pooled, metadata=metadata or {})
 
 
 def load_file(path: Path | str | None = None) -> dict:
-    from safetensors.torch import load_file as _load
-
-    return _load(str(path or WEIGHTS))
+    return trained_models.load_file(path or WEIGHTS)
 
 
 def load(dtype: torch.dtype = torch.float32, path: Path | str | None = None):
-    """(ModelPatcher on the CPU, Digits helpers) for the committed trained weights."""
-    import comfy.model_management
-    import comfy.model_patcher
-
-    path = Path(path or WEIGHTS)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: train it with `python -m benchmarks.train_tiny_flux`")
-    flux_sd, cond = split_state_dict(load_file(path))
-    model = build_model(dtype)
-    # ComfyUI's own key conversion for this model config (newer trees name the RMSNorm scales `.weight`)
-    flux_sd = model.model_config.process_unet_state_dict(flux_sd)
-    missing, unexpected = model.diffusion_model.load_state_dict(flux_sd, strict=True)
-    assert not missing and not unexpected
-    model.diffusion_model.to(dtype)
-    model.eval()
-    dev = comfy.model_management.get_torch_device()
-    offload = comfy.model_management.unet_offload_device()
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=offload)
-    meta = {}
-    mpath = path.with_suffix(".json")
-    if mpath.is_file():
-        meta = json.loads(mpath.read_text())
-    return patcher, Digits(context=cond["context"].float(), pooled=cond["pooled"].float(), metadata=meta)
+    """(ModelPatcher on the CPU, Kit helpers) for the committed trained weights: ``trained_models.load("flux")``."""
+    return trained_models.load("flux", dtype=dtype, path=path)

@@ -17,6 +17,7 @@ if str(_REPO) not in sys.path:
 
 from devtools import tiny_models  # noqa: E402
 from devtools import trained_flux  # noqa: E402
+from devtools import trained_models  # noqa: E402
 
 FAMILIES = sorted(tiny_models.FAMILIES)
 
@@ -134,9 +135,44 @@ class DecodeDigits(io.ComfyNode):
         return io.NodeOutput(trained_flux.decode(samples))
 
 
+class TrainedModel(io.ComfyNode):
+    """Any of the small trained models (devtools.trained_models: flux, sd15, wan) and an empty latent for it."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ABTest_TrainedModel", display_name="Trained tiny model (test)", category="testing",
+            inputs=[io.Combo.Input("name", options=list(trained_models.NAMES), default="wan", tooltip="model"),
+                    io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="latent batch size")],
+            outputs=[io.Model.Output(), io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, name, batch_size):
+        patcher, kit = trained_models.load(name)
+        return io.NodeOutput(patcher, {"samples": kit.empty_latent(batch_size)})
+
+
+class ClassConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ABTest_ClassConditioning", display_name="Class conditioning (test)", category="testing",
+            inputs=[io.Combo.Input("name", options=list(trained_models.NAMES), default="wan", tooltip="model"),
+                    io.Int.Input("digit", default=0, min=0, max=trained_models.NULL_CLASS,
+                                 tooltip=f"class 0-9; {trained_models.NULL_CLASS} = null (unconditional)")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, name, digit):
+        return io.NodeOutput(trained_models.load_kit(name).conditioning(digit))
+
+
 class Ext(ComfyExtension):
     async def get_node_list(self):
-        return [TinyModel, RandomConditioning, CountCalls, TrainedFlux, DigitConditioning, DecodeDigits]
+        return [TinyModel, RandomConditioning, CountCalls, TrainedFlux, DigitConditioning, DecodeDigits,
+                TrainedModel, ClassConditioning]
 
 
 async def comfy_entrypoint():
