@@ -144,16 +144,17 @@ def psnr_ssim(ref, imgs):
     return float(np.mean(p)), float(np.mean(s))
 
 
-def bisect_param(make, lo, hi, budget, measure, iters=10, increasing=True):
-    """Largest parameter (threshold/tolerance) whose calls stay within the budget."""
+def bisect_param(make, lo, hi, budget, measure, iters=10):
+    """Smallest parameter (threshold/tolerance; larger skips more) whose calls stay within the budget: the
+    method gets as many model calls as the budget allows, as every other row does."""
     best = None
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         calls = measure(make(mid))
         if calls <= budget + 1e-9:
-            best, lo = (mid, calls), mid
+            best, hi = (mid, calls), mid
         else:
-            hi = mid
+            lo = mid
     return best
 
 
