@@ -1,8 +1,9 @@
 """The pack as the ecosystem's own tools see it: `comfy node validate` and `comfy node pack` (comfy-cli from PyPI,
-offline), then the packed archive and a plain git clone, each installed into a fresh ``custom_nodes/``, loaded by
-a real headless ComfyUI server and run in a graph."""
+offline), then the packed archive, a plain git clone and ComfyUI-Manager's own CLI install (from a local git URL),
+each installed into a fresh ``custom_nodes/``, loaded by a real headless ComfyUI server and run in a graph."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -76,6 +77,25 @@ def cloned(checkout, tmp_path_factory) -> Path:
     return dst
 
 
+@pytest.fixture(scope="module")
+def manager_installed(checkout, comfy, tmp_path_factory) -> Path:
+    """ComfyUI-Manager's own CLI (cm-cli, PyPI comfyui-manager) installs the pack from a git URL, as a user's
+    Manager does; a file://localhost URL keeps it offline. It writes into the custom_nodes of the ComfyUI at
+    COMFYUI_PATH: a copy of the runtime's tree (without its model folders)."""
+    pytest.importorskip("cm_cli", reason="comfyui-manager is in requirements-dev.txt")
+    root = tmp_path_factory.mktemp("manager") / "ComfyUI"
+    shutil.copytree(comfy.path, root, ignore=shutil.ignore_patterns("models", "custom_nodes", "__pycache__",
+                                                                  "output", "input", "temp", "user"))
+    (root / "custom_nodes").mkdir()
+    env = {**os.environ, "COMFYUI_PATH": str(root)}
+    r = subprocess.run([sys.executable, "-m", "cm_cli", "install", f"file://localhost{checkout}", "--no-deps"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Installation was successful" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    dst = root / "custom_nodes" / checkout.name
+    assert (dst / "__init__.py").is_file() and (dst / "nodes" / "ab_nodes.py").is_file()
+    return dst
+
+
 def _graph() -> dict:
     fam = "flux_dev"
     return {
@@ -91,7 +111,7 @@ def _graph() -> dict:
     }
 
 
-@pytest.mark.parametrize("how", ["packed", "cloned"])
+@pytest.mark.parametrize("how", ["packed", "cloned", "manager_installed"])
 def test_installed_pack_loads_and_runs_a_graph(comfy, how, request):
     """Installed the way the registry (archive) or a user (git clone) installs it, the pack loads without
     import errors in a fresh ComfyUI server, shows its nodes, and a graph runs with the planned model calls."""
