@@ -34,7 +34,6 @@ batch) is sized so that one CPU thread of the 2-core development machine finishe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -49,6 +48,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from benchmarks.train_tiny_flux import lr_at, sha256  # noqa: E402  (one copy of the shared recipe helpers)
 
 NULL_DROPOUT = 0.1
 UNIFORM_FRACTION = 0.1
@@ -187,11 +188,6 @@ def loss_fn(name, model, tables, x0, labels, g, device, use_null_dropout=True):
     return F.mse_loss(out.float(), target)
 
 
-def lr_at(step, steps, lr, warmup):
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    prog = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,12 +260,6 @@ def quality_check(name, patcher, kit, per_class=4, steps=30, cfgs=(1.0, 5.0), se
 # --------------------------------------------------------------------------------------------------
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_batch(name, spec, images8, labels, idx, g_data):

@@ -28,7 +28,7 @@ import time
 
 from abcache_core import defaults
 from benchmarks.report import write_section
-from benchmarks.run import Bench, Setting
+from benchmarks.run import Bench, Setting, bisect_param
 
 SETTINGS = {
     "sd15": [Setting(sampler, steps, cfg, sched)
@@ -91,20 +91,10 @@ def make_row(b: Bench, setting: Setting, method: str, ref, imgs, calls, note="")
 
 
 def smallest_within(make, lo, hi, budget, measure, iters=8):
-    """Smallest threshold (= most model calls) whose calls stay within the budget, by bisection (calls fall as
-    the threshold grows); (threshold, calls) or None if even ``hi`` is over budget."""
-    top = measure(make(hi))
-    if top > budget + 1e-9:
+    """run.bisect_param (as many calls as the budget allows), or None when even ``hi`` is over budget."""
+    if measure(make(hi)) > budget + 1e-9:
         return None
-    best = (hi, top)
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        calls = measure(make(mid))
-        if calls <= budget + 1e-9:
-            best, hi = (mid, calls), mid
-        else:
-            lo = mid
-    return best
+    return bisect_param(make, lo, hi, budget, measure, iters)
 
 
 def available_samplers():

@@ -40,50 +40,33 @@ CLASSES = range(10)
 SEEDS = 4          # images per class (latent batch), noise seed 1000 + class: as benchmarks/run.py
 
 
-def graph(cached: bool, steps: int, cfg: float, order: int, interval: int, warmup: int, tag: str) -> dict:
-    g = {"model": {"class_type": "ABTest_TrainedFlux", "inputs": {"batch_size": SEEDS}},
-         "null": {"class_type": "ABTest_DigitConditioning", "inputs": {"digit": 10}}}
-    model = ["model", 0]
-    if cached:
-        g["abcache"] = {"class_type": "ABCache", "inputs": {"model": model, "order": order, "interval": interval,
-                                                            "warmup": warmup}}
-        model = ["abcache", 0]
-    for c in CLASSES:
-        g[f"cond{c}"] = {"class_type": "ABTest_DigitConditioning", "inputs": {"digit": c}}
-        g[f"ks{c}"] = {"class_type": "KSampler", "inputs": {
-            "model": model, "positive": [f"cond{c}", 0], "negative": ["null", 0], "latent_image": ["model", 1],
-            "seed": 1000 + c, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
-            "denoise": 1.0}}
-        g[f"save{c}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"ks{c}", 0],
-                                                                 "filename_prefix": f"{tag}/digit{c}"}}
-    if cached:
-        g["report"] = {"class_type": "ABCacheReport", "inputs": {"model": model, "after": ["ks9", 0]}}
-        g["save_report"] = {"class_type": "SaveImage", "inputs": {"images": ["report", 0],
-                                                                  "filename_prefix": f"{tag}/report"}}
-    return g
-
-
 VIDEO_MODEL = "wan"
 VIDEO_SEEDS = 2    # clips per class (latent batch), noise seed 1000 + class: as benchmarks/run.py --model wan
 
 
-def video_graph(cached: bool, steps: int, cfg: float, order: int, interval: int, warmup: int, tag: str) -> dict:
-    """The trained Wan 2.1 video model: one KSampler per digit class (euler, simple schedule, shift 8)."""
-    g = {"model": {"class_type": "ABTest_TrainedModel", "inputs": {"name": VIDEO_MODEL, "batch_size": VIDEO_SEEDS}},
-         "null": {"class_type": "ABTest_ClassConditioning", "inputs": {"name": VIDEO_MODEL, "digit": 10}}}
+def graph(name: str, batch: int, cached: bool, steps: int, cfg: float, order: int, interval: int, warmup: int,
+          tag: str, prefix: str, report: bool = False) -> dict:
+    """One trained model (``name``: flux or wan), one KSampler per digit class (euler, simple schedule), the
+    AB-Cache node between model and samplers when ``cached``; the Report node after the last sampler if asked."""
+    g = {"model": {"class_type": "ABTest_TrainedModel", "inputs": {"name": name, "batch_size": batch}},
+         "null": {"class_type": "ABTest_ClassConditioning", "inputs": {"name": name, "digit": 10}}}
     model = ["model", 0]
     if cached:
         g["abcache"] = {"class_type": "ABCache", "inputs": {"model": model, "order": order, "interval": interval,
                                                             "warmup": warmup}}
         model = ["abcache", 0]
     for c in CLASSES:
-        g[f"cond{c}"] = {"class_type": "ABTest_ClassConditioning", "inputs": {"name": VIDEO_MODEL, "digit": c}}
+        g[f"cond{c}"] = {"class_type": "ABTest_ClassConditioning", "inputs": {"name": name, "digit": c}}
         g[f"ks{c}"] = {"class_type": "KSampler", "inputs": {
             "model": model, "positive": [f"cond{c}", 0], "negative": ["null", 0], "latent_image": ["model", 1],
             "seed": 1000 + c, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "simple",
             "denoise": 1.0}}
         g[f"save{c}"] = {"class_type": "SaveLatent", "inputs": {"samples": [f"ks{c}", 0],
-                                                                 "filename_prefix": f"{tag}/video{c}"}}
+                                                                 "filename_prefix": f"{tag}/{prefix}{c}"}}
+    if cached and report:
+        g["report"] = {"class_type": "ABCacheReport", "inputs": {"model": model, "after": [f"ks{CLASSES[-1]}", 0]}}
+        g["save_report"] = {"class_type": "SaveImage", "inputs": {"images": ["report", 0],
+                                                                  "filename_prefix": f"{tag}/report"}}
     return g
 
 
@@ -150,32 +133,28 @@ def main(argv=None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with ComfyServer({"ab-cache": REPO, "ab_test_nodes": HELPER}, extra_args=["--cache-none"], env=env) as srv:
         bar.update()
-        results = {}
-        for tag, cached in (("full", False), ("abcache", True)):
+        def run(tag, **g):
+            """One graph through the server: (latents of all classes, execution seconds, history entry)."""
             bar.set_postfix_str(f"sampling ({tag})")
-            entry = srv.run(graph(cached, args.steps, args.cfg, args.order, args.interval, args.warmup, tag),
+            entry = srv.run(graph(order=args.order, interval=args.interval, warmup=args.warmup, tag=tag, **g),
                             timeout=1200)
-            lat = [load_file(str(srv.base / "output" / entry["outputs"][f"save{c}"]["latents"][0]["subfolder"] /
-                                 entry["outputs"][f"save{c}"]["latents"][0]["filename"]))["latent_tensor"]
-                   for c in CLASSES]
-            results[tag] = (torch.cat(lat), _exec_seconds(entry), entry)
+            files = [entry["outputs"][f"save{c}"]["latents"][0] for c in CLASSES]
+            lat = [load_file(str(srv.base / "output" / f["subfolder"] / f["filename"]))["latent_tensor"] for f in files]
             bar.update()
+            return torch.cat(lat), _exec_seconds(entry), entry
+
+        results = {tag: run(tag, name="flux", batch=SEEDS, cached=cached, steps=args.steps, cfg=args.cfg,
+                            prefix="digit", report=True)
+                   for tag, cached in (("full", False), ("abcache", True))}
         log = srv.log_text()
         bar.set_postfix_str("metrics and pictures")
         calls = [tuple(map(int, m)) for m in re.findall(r"AB-Cache: computed (\d+)/(\d+) model calls", log)]
         rep = results["abcache"][2]["outputs"]["save_report"]["images"][0]
         report_src = srv.base / "output" / rep["subfolder"] / rep["filename"]
         Image.open(report_src).save(args.out / "report.png")
-        video = {}
-        for tag, cached in (("video_full", False), ("video_abcache", True)) if args.video_steps else ():
-            bar.set_postfix_str(f"video model ({tag})")
-            entry = srv.run(video_graph(cached, args.video_steps, args.video_cfg, args.order, args.interval,
-                                        args.warmup, tag), timeout=1200)
-            lat = [load_file(str(srv.base / "output" / entry["outputs"][f"save{c}"]["latents"][0]["subfolder"] /
-                                 entry["outputs"][f"save{c}"]["latents"][0]["filename"]))["latent_tensor"]
-                   for c in CLASSES]
-            video[tag] = (torch.cat(lat), _exec_seconds(entry))
-            bar.update()
+        video = {tag: run(tag, name=VIDEO_MODEL, batch=VIDEO_SEEDS, cached=cached, steps=args.video_steps,
+                          cfg=args.video_cfg, prefix="video")[:2]
+                 for tag, cached in ((("video_full", False), ("video_abcache", True)) if args.video_steps else ())}
         vlog = srv.log_text()[len(log):]
         vcalls = [tuple(map(int, m)) for m in re.findall(r"AB-Cache: computed (\d+)/(\d+) model calls", vlog)]
 
@@ -221,7 +200,8 @@ def main(argv=None) -> int:
                                 max((t for _, t in vcalls), default=0), max((c for c, _ in vcalls), default=0))
         vt_full, vt_ab = video["video_full"][1], video["video_abcache"][1]
         print(f"\nAB-Cache demo, video: trained Wan 2.1 model (ComfyUI WAN21_T2V class), moving digits 0-9 x "
-              f"{VIDEO_SEEDS} clips of {kit.spec.frames} frames, euler {args.video_steps} steps, cfg {args.video_cfg:g}, "
+              f"{VIDEO_SEEDS} clips of {kit.spec.frames} frames, euler {args.video_steps} steps, "
+              f"cfg {args.video_cfg:g}, "
               f"shift 8")
         print(f"  model calls   full {vtot}  ->  AB-Cache {vcomp}   ({vtot / max(vcomp, 1):.2f}x fewer)")
         print(f"  wall clock    full {vt_full:.1f} s  ->  AB-Cache {vt_ab:.1f} s   ({vt_full / vt_ab:.2f}x faster)")

@@ -16,7 +16,6 @@ if str(_REPO) not in sys.path:
     sys.path.append(str(_REPO))  # appended: ComfyUI's own `nodes` module must keep priority
 
 from devtools import tiny_models  # noqa: E402
-from devtools import trained_flux  # noqa: E402
 from devtools import trained_models  # noqa: E402
 
 FAMILIES = sorted(tiny_models.FAMILIES)
@@ -87,52 +86,10 @@ class CountCalls(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-class TrainedFlux(io.ComfyNode):
-    """The small trained FLUX digits model (devtools.trained_flux) and an empty latent for it."""
-
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="ABTest_TrainedFlux", display_name="Trained tiny FLUX digits (test)", category="testing",
-            inputs=[io.Int.Input("batch_size", default=1, min=1, max=4096, tooltip="latent batch size")],
-            outputs=[io.Model.Output(), io.Latent.Output()],
-        )
-
-    @classmethod
-    def execute(cls, batch_size):
-        patcher, digits = trained_flux.load()
-        return io.NodeOutput(patcher, {"samples": digits.empty_latent(batch_size)})
 
 
-class DigitConditioning(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="ABTest_DigitConditioning", display_name="Digit conditioning (test)", category="testing",
-            inputs=[io.Int.Input("digit", default=0, min=0, max=trained_flux.NULL_CLASS,
-                                 tooltip=f"class 0-9; {trained_flux.NULL_CLASS} = null (unconditional)")],
-            outputs=[io.Conditioning.Output()],
-        )
-
-    @classmethod
-    def execute(cls, digit):
-        cond = trained_flux.split_state_dict(trained_flux.load_file())[1]
-        digits = trained_flux.Digits(context=cond["context"].float(), pooled=cond["pooled"].float())
-        return io.NodeOutput(digits.conditioning(digit))
 
 
-class DecodeDigits(io.ComfyNode):
-    @classmethod
-    def define_schema(cls):
-        return io.Schema(
-            node_id="ABTest_DecodeDigits", display_name="Decode digits (test)", category="testing",
-            inputs=[io.Latent.Input("samples", tooltip="latent of the trained FLUX digits model")],
-            outputs=[io.Image.Output()],
-        )
-
-    @classmethod
-    def execute(cls, samples):
-        return io.NodeOutput(trained_flux.decode(samples))
 
 
 class TrainedModel(io.ComfyNode):
@@ -171,8 +128,7 @@ class ClassConditioning(io.ComfyNode):
 
 class Ext(ComfyExtension):
     async def get_node_list(self):
-        return [TinyModel, RandomConditioning, CountCalls, TrainedFlux, DigitConditioning, DecodeDigits,
-                TrainedModel, ClassConditioning]
+        return [TinyModel, RandomConditioning, CountCalls, TrainedModel, ClassConditioning]
 
 
 async def comfy_entrypoint():
