@@ -5,6 +5,10 @@ sampler and the model (the AB-Cache and AB-Cache (Advanced) nodes attach them wi
                      in ``finally``: one summary line, telemetry to the sink, release of every tensor.
 * PREDICT_NOISE / CALC_COND_BATCH -- tag each conditioning's call with its pass (passes.py): history is
                      keyed by pass, so a guidance pass never replaces the normal pass's history.
+
+The node stores only a CacheSpec at ``model_options["ab_cache"]`` and pass-through placeholders; OUTER_SAMPLE
+installs the wrappers below bound to the run's state in its copy of the model options (scope.sampling_scope),
+so nothing of ours is a key of transformer_options (torch.compile safe).
 * DIFFUSION_MODEL -- per-conditioning model call: compute (and remember each chunk's raw output) or
                      return an extrapolation of each chunk's output. Used when the model's forward runs
                      DIFFUSION_MODEL wrappers (FLUX, HunyuanVideo, LTX, Wan, CogVideoX, SD U-Net, ...).
@@ -29,17 +33,13 @@ import torch
 import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings
-from .passes import add_pass_wrappers, pass_tag
+from .passes import PASS_WRAPPERS, pass_tag
 from . import scope
 
 LOG = scope.LOG
 
 KEY = "ab_cache"
 NAME = scope.STEP_CACHES[KEY]
-
-
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +49,6 @@ class CacheSpec:
     settings: CacheSettings        # coordinate "auto" is resolved per model at the start of each run
     verbose: bool = False
     sink: Any = None               # TelemetrySink (shared) or None
-
-
-
-
 
 
 class ActiveRun:
@@ -67,6 +63,7 @@ class ActiveRun:
         self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
         self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
         self.parts: dict = {}                  # uuid -> number of output parts (LTX-2: [video, audio])
+        self.pass_scope = None                 # passes.PassScope of the current sampler evaluation
 
     def __deepcopy__(self, memo):
         return self
@@ -75,29 +72,7 @@ class ActiveRun:
 # ----------------------------------------------------------------------------------------- pass identity
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------- utils
-
-
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------ wrappers
@@ -105,9 +80,7 @@ class ActiveRun:
 
 def outer_sample_wrapper(executor, *args, **kwargs):
     others = scope.other_caches(executor.class_obj.model_options, KEY)
-    return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME)
-
-
+    return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME, RUN_WRAPPERS)
 
 
 def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
@@ -117,10 +90,6 @@ def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
     scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
     scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
-
-
-
-
 
 
 def _finish(active: ActiveRun) -> None:
@@ -134,6 +103,7 @@ def _finish(active: ActiveRun) -> None:
                 "settings": dataclasses.asdict(run.settings),
                 "schedule": list(run.schedule),
                 "level": active.level,
+                "flow": active.flow,
                 "records": [dataclasses.asdict(r) for r in run.records],
             })
     finally:
@@ -141,10 +111,9 @@ def _finish(active: ActiveRun) -> None:
         active.signatures.clear()
 
 
-def diffusion_model_wrapper(executor, *args, **kwargs):
+def diffusion_model_wrapper(active: ActiveRun, executor, *args, **kwargs):
     to = scope.find_transformer_options(args, kwargs)
-    active = to.get(KEY) if to is not None else None
-    if not isinstance(active, ActiveRun):
+    if to is None:
         return executor(*args, **kwargs)
     with active.lock:
         active.dm_calls += 1
@@ -154,11 +123,9 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     return _cached_call(active, to, x, lambda: executor(*args, **kwargs), space="raw")
 
 
-
-
-def apply_model_wrapper(executor, x, t, *args, **kwargs):
-    to, active = scope.active_in_apply_model(KEY, args, kwargs)
-    if not isinstance(active, ActiveRun):
+def apply_model_wrapper(active: ActiveRun, executor, x, t, *args, **kwargs):
+    to = scope.apply_model_options(args, kwargs)
+    if to is None:
         return executor(x, t, *args, **kwargs)
     mark = active.run.mark()
     if active.level == "diffusion_model":
@@ -178,24 +145,41 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
     return scope.apply_exposure(active.run, active.flow, x, t, out, mark)
 
 
-
-
 def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
-    """Compute or extrapolate one model call. ``space='denoised'`` caches d = (x - D) / sigma."""
+    """Compute or extrapolate one model call. ``space='denoised'`` caches d = (x - D) / sigma.
+    Under torch.compile Dynamo never traces our bookkeeping (_plan_call, _record_call), so no guard sees a
+    sigma value or a uuid."""
+    out, ctx = _plan_call(active, to, x, space, t)
+    if out is not None:
+        return out
+    try:
+        out = forward()
+    except BaseException:
+        if ctx is not None:
+            active.run.unfinished(ctx[1])   # the summary counts finished calls only
+        raise
+    if ctx is not None:
+        _record_call(active, ctx, out, space, t)
+    return out
+
+
+@scope.dynamo_off
+def _plan_call(active: ActiveRun, to: dict, x, space: str, t):
+    """(extrapolated output, None) for a skipped call; (None, context for _record_call or None) otherwise."""
     sigmas = to.get("sigmas")
     uuids = list(to.get("uuids") or [])
     x_parts, _ = scope.as_parts(x)
     if not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0 or not uuids or x_parts is None:
-        return forward()
+        return None, None
     sigma = float(sigmas.flatten()[0])
     run = active.run
     wkey = scope.window_key(to)
     n = len(uuids)
     x_chunks = scope.split_batch(x_parts[0], n)
     if x_chunks is None:
-        return forward()
+        return None, None
     sig_in = (tuple(x_chunks[0].shape), x_parts[0].dtype, len(x_parts))
-    conds = [(u, wkey, pass_tag(to, u)) for u in uuids]   # one history per conditioning, window and pass
+    conds = [(u, wkey, pass_tag(to)) for u in uuids]   # one history per conditioning, window and pass
     keys = []
     with active.lock:
         for c in conds:
@@ -211,12 +195,14 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
             if active.spec.verbose:
                 LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order,
                          decision.error)
-            return out
-    try:
-        out = forward()
-    except BaseException:
-        run.unfinished(decision)   # the summary counts finished calls only
-        raise
+            return out, None
+    return None, (sigma, decision, conds, x_chunks, sig_in, n)
+
+
+@scope.dynamo_off
+def _record_call(active: ActiveRun, ctx, out, space: str, t) -> None:
+    sigma, decision, conds, x_chunks, sig_in, n = ctx
+    run = active.run
     parts, _ = scope.as_parts(out)
     if parts is not None:
         chunks = [scope.split_batch(p, n) for p in parts]
@@ -234,7 +220,6 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
             run.record(sigma, rec)
     if active.spec.verbose:
         LOG.info("AB-Cache: sigma %.4f computed (%s)", sigma, decision.reason)
-    return out
 
 
 def _sig(t, i, n, like):
@@ -268,15 +253,16 @@ def _assemble(active, preds, conds, x_parts, space, t):
 
 
 # ---------------------------------------------------------------------------------------------- apply
+# Per-run wrappers (bound to the ActiveRun by scope.sampling_scope), in registration order.
+RUN_WRAPPERS = {**PASS_WRAPPERS, pe.WrappersMP.APPLY_MODEL: apply_model_wrapper,
+                pe.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper}
 
 
 def apply_ab_cache(model, settings: CacheSettings, verbose: bool = False, sink=None):
     """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
     settings = settings.validate()
     m = scope.fresh_clone(model, KEY, NAME, scope.other_caches(model.model_options, KEY))
-    m.model_options["transformer_options"][KEY] = CacheSpec(settings, verbose, sink)
+    m.model_options[KEY] = CacheSpec(settings, verbose, sink)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
-    add_pass_wrappers(m, KEY)
-    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
-    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
+    scope.register_placeholders(m, KEY, RUN_WRAPPERS)
     return m
