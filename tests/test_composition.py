@@ -7,9 +7,9 @@ torch.compile, by a forward hook on the model's first layer).
 
 Findings these tests pin down:
 * LoRA is a weight patch, AB-Cache a wrapper: they commute bit for bit in either order.
-* ControlNet: ComfyUI computes the control residuals in calc_cond_batch, *before* apply_model, so the
-  control model runs on every step, also on the steps AB-Cache extrapolates (their residuals are unused).
-  Only the diffusion model's calls are saved.
+* ControlNet: ComfyUI computes the control residuals in calc_cond_batch, *before* apply_model; AB-Cache's
+  CALC_COND_BATCH wrapper decides first and passes the conds on without 'control' on noise levels that will
+  certainly be extrapolated, so the control model runs only on computed steps; the image is unchanged.
 * ModelMergeSimple clones model1 and adds model2's weights as patches: model1's wrappers (and AB-Cache)
   survive, model2's are dropped.
 * Hooked conds run in separate model calls at the same sigma; AB-Cache makes one decision per sigma.
@@ -153,17 +153,48 @@ def test_controlnet(env):
         ref, spy_ref, cn_ref = go(case.patcher)
         on, spy_on, cn_on = go(_abcache(env, case.patcher))
         off, spy_off, cn_off = go(_abcache(env, case.patcher, interval=1))
+        today, spy_today, cn_today = go(_control_kept(env, case.patcher))
     finally:
         handle.remove()
 
     assert float((ref - no_control).abs().max()) > 1e-3, "the ControlNet must change the output"
     # cond and uncond share one ControlNet object -> batched: one control call per step
     assert cn_ref == spy_ref.calls == STEPS
-    assert spy_on.calls == _expected(spy_ref, _settings()) < spy_ref.calls
-    # control is computed before apply_model, so it still runs on the steps AB-Cache extrapolates
-    assert cn_on == cn_ref == STEPS
+    expected = _expected(spy_ref, _settings())
+    assert spy_on.calls == expected < spy_ref.calls
+    # the control model runs only on the steps the model is computed (decided before ComfyUI computes control)
+    assert cn_on == spy_on.calls == expected, (cn_on, expected)
+    # ... and the image is the one of a run that evaluated control on every step (its residuals were unused)
+    assert cn_today == STEPS and spy_today.calls == expected
+    assert torch.equal(on, today)
     assert _finite(on) and on.shape == ref.shape
     assert torch.equal(off, ref) and spy_off.calls == spy_ref.calls and cn_off == cn_ref
+
+
+def _control_kept(env, model):
+    """AB-Cache between two test CALC_COND_BATCH wrappers that give the conds their 'control' back: control
+    is evaluated on every step, as before AB-Cache skipped it (the reference for the image)."""
+    wp = env.comfy.patcher_extension.WrappersMP
+    seen = []
+
+    def outer(executor, model_, conds, *rest, **kw):
+        seen.append(conds)
+        try:
+            return executor(model_, conds, *rest, **kw)
+        finally:
+            seen.pop()
+
+    def inner(executor, model_, conds, *rest, **kw):
+        orig = seen[-1]
+        conds = [g if not g else [{**c, "control": o["control"]} if "control" in o and "control" not in c else c
+                                  for c, o in zip(g, og)] for g, og in zip(conds, orig)]
+        return executor(model_, conds, *rest, **kw)
+
+    m = model.clone()
+    m.add_wrapper_with_key(wp.CALC_COND_BATCH, "abcache_test_outer", outer)
+    m = _abcache(env, m)
+    m.add_wrapper_with_key(wp.CALC_COND_BATCH, "abcache_test_inner", inner)
+    return m
 
 
 # ---------------------------------------------------------------------------------------- 3. torch.compile

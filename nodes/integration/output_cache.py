@@ -33,7 +33,8 @@ import torch
 import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings
-from .passes import PASS_WRAPPERS, pass_tag
+from .scope import replace_arg
+from .passes import PASS_WRAPPERS, calc_cond_batch_args, pass_tag, tag_passes
 from . import scope
 
 LOG = scope.LOG
@@ -64,6 +65,7 @@ class ActiveRun:
         self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
         self.parts: dict = {}                  # uuid -> number of output parts (LTX-2: [video, audio])
         self.pass_scope = None                 # passes.PassScope of the current sampler evaluation
+        self.uncontrolled: set = set()         # noise levels passed on without control (certain skips)
 
     def __deepcopy__(self, memo):
         return self
@@ -109,6 +111,61 @@ def _finish(active: ActiveRun) -> None:
     finally:
         run.release()
         active.signatures.clear()
+
+
+def calc_cond_batch_wrapper(active: ActiveRun, executor, *args, **kwargs):
+    """Pass identity (passes.tag_passes), then: when every conditioning that runs at this noise level will
+    certainly be extrapolated, the conds are passed on without their 'control' (shallow copies), so ComfyUI
+    does not evaluate a ControlNet / T2I adapter whose output the skipped call would not use. ComfyUI
+    computes control inside calc_cond_batch, after this wrapper and before the model call."""
+    conds, x_in, timestep, mo = calc_cond_batch_args(args, kwargs)
+    to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
+    new = tag_passes(active, conds, to)
+    if _controlled(new) and _certain_skip(active, new, x_in, timestep, to):
+        new = [group if not group else [{k: v for k, v in c.items() if k != "control"} for c in group]
+               for group in new]
+    if new is not conds:
+        args, kwargs = replace_arg(args, kwargs, 1, "conds", new)
+    return executor(*args, **kwargs)
+
+
+def _controlled(conds) -> bool:
+    return isinstance(conds, (list, tuple)) and any(
+        isinstance(c, dict) and c.get("control") is not None for group in conds if group for c in group)
+
+
+@scope.dynamo_off
+def _certain_skip(active: ActiveRun, conds, x_in, timestep, to: dict) -> bool:
+    """True only when the model calls this calc_cond_batch makes will all be extrapolated: every active cond
+    is plain (no area, mask, hooks or own transformer_options, which change its key or input), has history
+    for this input shape, and CacheRun.would_skip says so for all their keys. Anything else: compute as today."""
+    import comfy.samplers
+
+    if not isinstance(x_in, torch.Tensor) or not isinstance(timestep, torch.Tensor) or timestep.numel() == 0:
+        return False
+    sigma = float(timestep.flatten()[0])
+    wkey, tag = scope.window_key(to), pass_tag(to)
+    keys = []
+    with active.lock:
+        for group in conds:
+            for c in group or ():
+                if not isinstance(c, dict):
+                    return False
+                if comfy.samplers.get_area_and_mult(c, x_in, timestep) is None:
+                    continue                                  # not evaluated at this noise level
+                if any(c.get(k) is not None for k in ("area", "mask", "hooks", "transformer_options")):
+                    return False
+                ck = (c.get("uuid"), wkey, tag)
+                nparts = active.parts.get(ck, 1)
+                sig = active.signatures.get(ck)
+                if c.get("uuid") is None or sig is None or sig[0] != tuple(x_in.shape) or sig[2] != nparts:
+                    return False
+                keys += [ck + (p,) for p in range(nparts)]
+    if not keys or not active.run.would_skip(sigma, keys):
+        return False
+    with active.lock:
+        active.uncontrolled.add(round(sigma, 12))
+    return True
 
 
 def diffusion_model_wrapper(active: ActiveRun, executor, *args, **kwargs):
@@ -196,6 +253,9 @@ def _plan_call(active: ActiveRun, to: dict, x, space: str, t):
                 LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order,
                          decision.error)
             return out, None
+    if round(sigma, 12) in active.uncontrolled:
+        LOG.warning("AB-Cache: sigma %.4f was planned as extrapolated (its control was not computed) but is "
+                    "computed (%s)", sigma, decision.reason)
     return None, (sigma, decision, conds, x_chunks, sig_in, n)
 
 
@@ -254,7 +314,8 @@ def _assemble(active, preds, conds, x_parts, space, t):
 
 # ---------------------------------------------------------------------------------------------- apply
 # Per-run wrappers (bound to the ActiveRun by scope.sampling_scope), in registration order.
-RUN_WRAPPERS = {**PASS_WRAPPERS, pe.WrappersMP.APPLY_MODEL: apply_model_wrapper,
+RUN_WRAPPERS = {**PASS_WRAPPERS, pe.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper,
+                pe.WrappersMP.APPLY_MODEL: apply_model_wrapper,
                 pe.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper}
 
 

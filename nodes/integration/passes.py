@@ -64,25 +64,39 @@ def predict_noise_wrapper(active, executor, *args, **kwargs):
     return executor(*args, **kwargs)
 
 
-def calc_cond_batch_wrapper(active, executor, *args, **kwargs):
-    """Per-run CALC_COND_BATCH wrapper (model, conds, x_in, timestep, model_options): the n-th evaluation
-    (n > 0) of a conditioning in this sampler evaluation runs under a derived uuid. Pass 0 everywhere: the
-    call is passed on unchanged."""
-    mo = kwargs.get("model_options", args[4] if len(args) > 4 else None)
-    conds = kwargs.get("conds", args[1] if len(args) > 1 else None)
-    to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
+def tag_passes(active, conds, to: dict):
+    """``conds`` with the n-th evaluation (n > 0) of a conditioning in this sampler evaluation under a derived
+    uuid (shallow copies of those cond dicts); ``conds`` itself when every pass is 0."""
     scope = getattr(active, "pass_scope", None)
     if not isinstance(scope, PassScope) or not isinstance(conds, (list, tuple)):
-        return executor(*args, **kwargs)
+        return conds
     uuids = [c.get("uuid") for group in conds if group for c in group if isinstance(c, dict)]
     passes = scope.passes([u for u in uuids if u is not None], window_key(to))
     if not any(passes.values()):
-        return executor(*args, **kwargs)
+        return conds
     tagged = [group if not group else
               [{**c, "uuid": pass_uuid(c["uuid"], passes[c["uuid"]])}
                if isinstance(c, dict) and passes.get(c.get("uuid")) else c for c in group]
               for group in conds]
-    args, kwargs = replace_arg(args, kwargs, 1, "conds", type(conds)(tagged) if isinstance(conds, tuple) else tagged)
+    return type(conds)(tagged) if isinstance(conds, tuple) else tagged
+
+
+def calc_cond_batch_args(args, kwargs):
+    """(conds, x_in, timestep, model_options) of a CALC_COND_BATCH call (model, conds, x_in, timestep,
+    model_options)."""
+    def get(i, name):
+        return kwargs.get(name, args[i] if len(args) > i else None)
+    return get(1, "conds"), get(2, "x_in"), get(3, "timestep"), get(4, "model_options")
+
+
+def calc_cond_batch_wrapper(active, executor, *args, **kwargs):
+    """Per-run CALC_COND_BATCH wrapper: passes are told apart by derived uuids (tag_passes). Pass 0
+    everywhere: the call is passed on unchanged."""
+    conds, _, _, mo = calc_cond_batch_args(args, kwargs)
+    to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
+    tagged = tag_passes(active, conds, to)
+    if tagged is not conds:
+        args, kwargs = replace_arg(args, kwargs, 1, "conds", tagged)
     return executor(*args, **kwargs)
 
 
