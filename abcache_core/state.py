@@ -134,6 +134,19 @@ class CacheRun:
                     return self._computed(pos, sigma, reason, level)
             return self._skipped(pos, sigma, level, target, first, preds, order, err)
 
+    def would_skip(self, sigma: float, keys: Iterable[Hashable]) -> bool:
+        """True when :meth:`decide` called now with these keys would skip (never in a call-time mode, whose
+        decision needs the call's own error budget). Changes nothing: no record, no decision stored."""
+        if decided_at_call_time(self.settings.mode):
+            return False
+        sigma, keys = float(sigma), list(keys)
+        with self._lock:
+            _, _, reason = self._must_compute(sigma, keys, False)
+            if reason:
+                return False
+            preds, _, _ = self._extrapolate(keys, [self._hist[k] for k in keys], self.coordinate(sigma), None, False)
+            return preds is not None
+
     def _must_compute(self, sigma: float, keys: list, call_time: bool):
         """(step position, noise level, reason) -- a reason when this call must run the model."""
         if self.unsupported:

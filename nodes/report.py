@@ -18,7 +18,7 @@ CATEGORY = "model_patches/ab_cache"
 
 
 def last_run(model) -> dict:
-    spec = model.model_options.get("transformer_options", {}).get(KEY) if model is not None else None
+    spec = model.model_options.get(KEY) if model is not None else None
     if not isinstance(spec, CacheSpec):
         raise ValueError("AB-Cache Report: connect the MODEL output of an AB-Cache node (this model has no AB-Cache).")
     data = spec.sink.last if spec.sink is not None else None

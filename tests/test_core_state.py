@@ -439,3 +439,26 @@ def test_settings_validation(kwargs, match):
 def test_valid_settings_pass(kwargs):
     s = CacheSettings(**kwargs)
     assert s.validate() is s
+
+
+@pytest.mark.parametrize("mode", ["fixed", "paper", "adaptive"])
+def test_would_skip_predicts_decide_and_changes_nothing(mode):
+    """would_skip (asked before ComfyUI computes control) says exactly whether decide() will skip, and leaves
+    no trace: no record, no decision. Adaptive mode decides at call time: never a certain skip."""
+    s = CacheSettings(mode=mode, order=2, interval=3, warmup=2)
+    run = CacheRun(s, SCHED[:21])
+    skips = 0
+    for sg in SCHED[:20]:
+        n = len(run.records)
+        will = run.would_skip(sg, [KEY])
+        assert len(run.records) == n
+        d = run.decide(sg, [KEY])
+        if mode == "adaptive":
+            assert not will
+        else:
+            assert will == d.skip
+        skips += d.skip
+        if not d.skip:
+            run.record(sg, {KEY: model(sg)})
+    assert skips > 0
+    assert run.would_skip(SCHED[5], ["no history"]) is False

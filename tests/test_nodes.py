@@ -191,7 +191,7 @@ def test_telemetry_reaches_sink_and_no_tensor_survives(env):
 
     case = env.case("flux_dev")
     m = _abcache(env, case.patcher)
-    spec = m.model_options["transformer_options"]["ab_cache"]
+    spec = m.model_options["ab_cache"]
     _run(env, case, m, steps=12)
     last = spec.sink.last
     assert last["summary"]["calls"] == 12 and last["summary"]["computed"] < 12
@@ -213,7 +213,7 @@ def test_report_node_plots_the_last_run(env):
     assert img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 3 and img.dtype == torch.float32
     assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.std()) > 0.01
     assert text.startswith("AB-Cache: 6/12 model calls computed (2.00x fewer)")
-    recs = m.model_options["transformer_options"]["ab_cache"].sink.last["records"]
+    recs = m.model_options["ab_cache"].sink.last["records"]
     changes = [r["change"] for r in recs if r["computed"]]
     assert all(math.isfinite(c) and c >= 0 for c in changes[1:])  # the U curve: one value per computed step
 

@@ -152,7 +152,7 @@ def test_fuzz_never_crashes_and_follows_its_plan(env, family, sampler, scheduler
     assert out.shape == ref.shape and out.dtype == ref.dtype
     if torch.isfinite(ref).all():
         assert torch.isfinite(out).all()
-    last = model.model_options["transformer_options"]["ab_cache"].sink.last
+    last = model.model_options["ab_cache"].sink.last
     planned = sum(r["computed"] for r in last["records"])
     assert spy.calls == planned <= ref_spy.calls, "real forward calls must equal the run's own decisions"
     if tolerance == 0.0 and mode == "adaptive":

@@ -36,7 +36,7 @@ import torch
 import comfy.patcher_extension as pe
 
 from ...abcache_core import PARAMS, CacheRun, CacheSettings
-from .passes import add_pass_wrappers, pass_tag
+from .passes import PASS_WRAPPERS, pass_tag
 from . import scope
 
 LOG = scope.LOG
@@ -79,7 +79,8 @@ def block_counts(diffusion_model) -> tuple[int, int]:
 class _Call:
     """One DIFFUSION_MODEL call: what the block hooks need to know."""
 
-    def __init__(self, sigma: float, uuids: list, wkey, skip: bool):
+    def __init__(self, active, sigma: float, uuids: list, wkey, skip: bool):
+        self.active = active         # the BlockRun
         self.sigma = sigma
         self.uuids = uuids
         self.n = len(uuids)
@@ -106,6 +107,7 @@ class BlockRun:
         self.signatures: dict = {}   # (uuid, window) -> input signature its history was recorded for
         self.blocks_run = 0          # block evaluations (hooked blocks only)
         self.blocks_reused = 0
+        self.pass_scope = None       # passes.PassScope of the current sampler evaluation
 
     def __deepcopy__(self, memo):
         return self
@@ -116,7 +118,8 @@ class BlockRun:
 
 def outer_sample_wrapper(executor, *args, **kwargs):
     return scope.sampling_scope(executor, args, kwargs, KEY_BLOCKS, BlockCacheSpec,
-                          scope.other_caches(executor.class_obj.model_options, KEY_BLOCKS), _start, _finish, NAME)
+                          scope.other_caches(executor.class_obj.model_options, KEY_BLOCKS), _start, _finish, NAME,
+                                RUN_WRAPPERS)
 
 
 def _start(spec: BlockCacheSpec, patcher, schedule) -> BlockRun:
@@ -143,11 +146,10 @@ def _finish(active: BlockRun) -> None:
         active.tail = ()
 
 
-def diffusion_model_wrapper(executor, *args, **kwargs):
+def diffusion_model_wrapper(active: BlockRun, executor, *args, **kwargs):
     """Decide compute/skip for this model call, expose it to the block hooks, record the residuals."""
     to = scope.find_transformer_options(args, kwargs)
-    active = to.get(KEY_BLOCKS) if to is not None else None
-    if not isinstance(active, BlockRun):
+    if to is None:
         return executor(*args, **kwargs)
     x = args[0] if args else kwargs.get("x")
     sigmas = to.get("sigmas")
@@ -159,7 +161,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     sigma = float(sigmas.flatten()[0])
     wkey = scope.window_key(to)
     n = len(uuids)
-    uuids = [(u, pass_tag(to, u)) for u in uuids]   # a guidance pass (PAG, SLG ...) has its own history
+    uuids = [(u, pass_tag(to)) for u in uuids]   # a guidance pass (PAG, SLG ...) has its own history
     ctx = args[2] if len(args) > 2 else kwargs.get("context")
     ctx_shape = tuple(ctx.shape[1:]) if isinstance(ctx, torch.Tensor) else None
     sig = (tuple(x.shape[1:]), x.shape[0] // n, x.dtype, ctx_shape)
@@ -174,7 +176,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     if not keys:
         keys = [(u, wkey, "blocks") for u in uuids]      # no history yet: decide() computes
     decision = run.decide(sigma, keys, device=x.device, predict=False)
-    call = _Call(sigma, uuids, wkey, decision.skip)
+    call = _Call(active, sigma, uuids, wkey, decision.skip)
     # The call's state travels with this call's transformer_options (a copy), never in a shared slot: calls
     # from several threads (ComfyUI's multi-GPU work units) each see their own.
     args, kwargs = scope.with_transformer_options(args, kwargs, to, {KEY_CALL: call})
@@ -194,11 +196,8 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     return out
 
 
-def apply_model_wrapper(executor, x, t, *args, **kwargs):
+def apply_model_wrapper(active: BlockRun, executor, x, t, *args, **kwargs):
     """Exposure-bias compensation (EB-Cache's ε/δ) on the denoised output; see abcache_core/exposure.py."""
-    _, active = scope.active_in_apply_model(KEY_BLOCKS, args, kwargs)
-    if not isinstance(active, BlockRun):
-        return executor(x, t, *args, **kwargs)
     mark = active.run.mark()
     out = executor(x, t, *args, **kwargs)
     return scope.apply_exposure(active.run, active.flow, x, t, out, mark)
@@ -214,10 +213,10 @@ def _make_block_patch(kind: str, index: int, prev):
             return prev(a, extra) if prev is not None else extra["original_block"](a)
 
         to = args.get("transformer_options")
-        active = to.get(KEY_BLOCKS) if isinstance(to, dict) else None
-        call = to.get(KEY_CALL) if isinstance(active, BlockRun) else None
+        call = to.get(KEY_CALL) if isinstance(to, dict) else None
         if not isinstance(call, _Call):
             return run_block(args)
+        active = call.active
         position = index if kind == "double_block" else active.n_double + index
         if position < active.spec.compute_blocks:
             with active.lock:
@@ -283,6 +282,10 @@ def _store(call: _Call, name, streams, args, out) -> None:
 
 
 # -------------------------------------------------------------------------------------------- apply
+# Per-run wrappers (bound to the BlockRun by scope.sampling_scope), in registration order.
+RUN_WRAPPERS = {**PASS_WRAPPERS, pe.WrappersMP.APPLY_MODEL: apply_model_wrapper,
+                pe.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper}
+
 def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = PARAMS["compute_blocks"].default):
     """Clone ``model`` and attach block-level caching. Re-applying replaces an earlier one."""
     dm = getattr(getattr(model, "model", None), "diffusion_model", None)
@@ -308,9 +311,7 @@ def apply_block_cache(model, settings: CacheSettings, compute_blocks: int = PARA
             if getattr(prev, "abcache_block", False):
                 prev = prev.abcache_prev        # re-applied: replace ours, keep what was under it
             m.set_model_patch_replace(_make_block_patch(kind, i, prev), "dit", kind, i)
-    m.model_options["transformer_options"][KEY_BLOCKS] = BlockCacheSpec(settings, int(compute_blocks))
+    m.model_options[KEY_BLOCKS] = BlockCacheSpec(settings, int(compute_blocks))
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY_BLOCKS, outer_sample_wrapper)
-    add_pass_wrappers(m, KEY_BLOCKS)
-    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY_BLOCKS, apply_model_wrapper)
-    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY_BLOCKS, diffusion_model_wrapper)
+    scope.register_placeholders(m, KEY_BLOCKS, RUN_WRAPPERS)
     return m

@@ -5,6 +5,10 @@ sampler and the model (the AB-Cache and AB-Cache (Advanced) nodes attach them wi
                      in ``finally``: one summary line, telemetry to the sink, release of every tensor.
 * PREDICT_NOISE / CALC_COND_BATCH -- tag each conditioning's call with its pass (passes.py): history is
                      keyed by pass, so a guidance pass never replaces the normal pass's history.
+
+The node stores only a CacheSpec at ``model_options["ab_cache"]`` and pass-through placeholders; OUTER_SAMPLE
+installs the wrappers below bound to the run's state in its copy of the model options (scope.sampling_scope),
+so nothing of ours is a key of transformer_options (torch.compile safe).
 * DIFFUSION_MODEL -- per-conditioning model call: compute (and remember each chunk's raw output) or
                      return an extrapolation of each chunk's output. Used when the model's forward runs
                      DIFFUSION_MODEL wrappers (FLUX, HunyuanVideo, LTX, Wan, CogVideoX, SD U-Net, ...).
@@ -29,17 +33,14 @@ import torch
 import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings
-from .passes import add_pass_wrappers, pass_tag
+from .scope import replace_arg
+from .passes import PASS_WRAPPERS, calc_cond_batch_args, pass_tag, tag_passes
 from . import scope
 
 LOG = scope.LOG
 
 KEY = "ab_cache"
 NAME = scope.STEP_CACHES[KEY]
-
-
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +50,6 @@ class CacheSpec:
     settings: CacheSettings        # coordinate "auto" is resolved per model at the start of each run
     verbose: bool = False
     sink: Any = None               # TelemetrySink (shared) or None
-
-
-
-
 
 
 class ActiveRun:
@@ -67,6 +64,8 @@ class ActiveRun:
         self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
         self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
         self.parts: dict = {}                  # uuid -> number of output parts (LTX-2: [video, audio])
+        self.pass_scope = None                 # passes.PassScope of the current sampler evaluation
+        self.uncontrolled: set = set()         # noise levels passed on without control (certain skips)
 
     def __deepcopy__(self, memo):
         return self
@@ -75,29 +74,7 @@ class ActiveRun:
 # ----------------------------------------------------------------------------------------- pass identity
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------- utils
-
-
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------ wrappers
@@ -105,9 +82,7 @@ class ActiveRun:
 
 def outer_sample_wrapper(executor, *args, **kwargs):
     others = scope.other_caches(executor.class_obj.model_options, KEY)
-    return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME)
-
-
+    return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME, RUN_WRAPPERS)
 
 
 def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
@@ -117,10 +92,6 @@ def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
     scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
     scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
-
-
-
-
 
 
 def _finish(active: ActiveRun) -> None:
@@ -134,6 +105,7 @@ def _finish(active: ActiveRun) -> None:
                 "settings": dataclasses.asdict(run.settings),
                 "schedule": list(run.schedule),
                 "level": active.level,
+                "flow": active.flow,
                 "records": [dataclasses.asdict(r) for r in run.records],
             })
     finally:
@@ -141,10 +113,64 @@ def _finish(active: ActiveRun) -> None:
         active.signatures.clear()
 
 
-def diffusion_model_wrapper(executor, *args, **kwargs):
+def calc_cond_batch_wrapper(active: ActiveRun, executor, *args, **kwargs):
+    """Pass identity (passes.tag_passes), then: when every conditioning that runs at this noise level will
+    certainly be extrapolated, the conds are passed on without their 'control' (shallow copies), so ComfyUI
+    does not evaluate a ControlNet / T2I adapter whose output the skipped call would not use. ComfyUI
+    computes control inside calc_cond_batch, after this wrapper and before the model call."""
+    conds, x_in, timestep, mo = calc_cond_batch_args(args, kwargs)
+    to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
+    new = tag_passes(active, conds, to)
+    if _controlled(new) and _certain_skip(active, new, x_in, timestep, to):
+        new = [group if not group else [{k: v for k, v in c.items() if k != "control"} for c in group]
+               for group in new]
+    if new is not conds:
+        args, kwargs = replace_arg(args, kwargs, 1, "conds", new)
+    return executor(*args, **kwargs)
+
+
+def _controlled(conds) -> bool:
+    return isinstance(conds, (list, tuple)) and any(
+        isinstance(c, dict) and c.get("control") is not None for group in conds if group for c in group)
+
+
+@scope.dynamo_off
+def _certain_skip(active: ActiveRun, conds, x_in, timestep, to: dict) -> bool:
+    """True only when the model calls this calc_cond_batch makes will all be extrapolated: every active cond
+    is plain (no area, mask, hooks or own transformer_options, which change its key or input), has history
+    for this input shape, and CacheRun.would_skip says so for all their keys. Anything else: compute as today."""
+    import comfy.samplers
+
+    if not isinstance(x_in, torch.Tensor) or not isinstance(timestep, torch.Tensor) or timestep.numel() == 0:
+        return False
+    sigma = float(timestep.flatten()[0])
+    wkey, tag = scope.window_key(to), pass_tag(to)
+    keys = []
+    with active.lock:
+        for group in conds:
+            for c in group or ():
+                if not isinstance(c, dict):
+                    return False
+                if comfy.samplers.get_area_and_mult(c, x_in, timestep) is None:
+                    continue                                  # not evaluated at this noise level
+                if any(c.get(k) is not None for k in ("area", "mask", "hooks", "transformer_options")):
+                    return False
+                ck = (c.get("uuid"), wkey, tag)
+                nparts = active.parts.get(ck, 1)
+                sig = active.signatures.get(ck)
+                if c.get("uuid") is None or sig is None or sig[0] != tuple(x_in.shape) or sig[2] != nparts:
+                    return False
+                keys += [ck + (p,) for p in range(nparts)]
+    if not keys or not active.run.would_skip(sigma, keys):
+        return False
+    with active.lock:
+        active.uncontrolled.add(round(sigma, 12))
+    return True
+
+
+def diffusion_model_wrapper(active: ActiveRun, executor, *args, **kwargs):
     to = scope.find_transformer_options(args, kwargs)
-    active = to.get(KEY) if to is not None else None
-    if not isinstance(active, ActiveRun):
+    if to is None:
         return executor(*args, **kwargs)
     with active.lock:
         active.dm_calls += 1
@@ -154,11 +180,9 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     return _cached_call(active, to, x, lambda: executor(*args, **kwargs), space="raw")
 
 
-
-
-def apply_model_wrapper(executor, x, t, *args, **kwargs):
-    to, active = scope.active_in_apply_model(KEY, args, kwargs)
-    if not isinstance(active, ActiveRun):
+def apply_model_wrapper(active: ActiveRun, executor, x, t, *args, **kwargs):
+    to = scope.apply_model_options(args, kwargs)
+    if to is None:
         return executor(x, t, *args, **kwargs)
     mark = active.run.mark()
     if active.level == "diffusion_model":
@@ -178,24 +202,41 @@ def apply_model_wrapper(executor, x, t, *args, **kwargs):
     return scope.apply_exposure(active.run, active.flow, x, t, out, mark)
 
 
-
-
 def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
-    """Compute or extrapolate one model call. ``space='denoised'`` caches d = (x - D) / sigma."""
+    """Compute or extrapolate one model call. ``space='denoised'`` caches d = (x - D) / sigma.
+    Under torch.compile Dynamo never traces our bookkeeping (_plan_call, _record_call), so no guard sees a
+    sigma value or a uuid."""
+    out, ctx = _plan_call(active, to, x, space, t)
+    if out is not None:
+        return out
+    try:
+        out = forward()
+    except BaseException:
+        if ctx is not None:
+            active.run.unfinished(ctx[1])   # the summary counts finished calls only
+        raise
+    if ctx is not None:
+        _record_call(active, ctx, out, space, t)
+    return out
+
+
+@scope.dynamo_off
+def _plan_call(active: ActiveRun, to: dict, x, space: str, t):
+    """(extrapolated output, None) for a skipped call; (None, context for _record_call or None) otherwise."""
     sigmas = to.get("sigmas")
     uuids = list(to.get("uuids") or [])
     x_parts, _ = scope.as_parts(x)
     if not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0 or not uuids or x_parts is None:
-        return forward()
+        return None, None
     sigma = float(sigmas.flatten()[0])
     run = active.run
     wkey = scope.window_key(to)
     n = len(uuids)
     x_chunks = scope.split_batch(x_parts[0], n)
     if x_chunks is None:
-        return forward()
+        return None, None
     sig_in = (tuple(x_chunks[0].shape), x_parts[0].dtype, len(x_parts))
-    conds = [(u, wkey, pass_tag(to, u)) for u in uuids]   # one history per conditioning, window and pass
+    conds = [(u, wkey, pass_tag(to)) for u in uuids]   # one history per conditioning, window and pass
     keys = []
     with active.lock:
         for c in conds:
@@ -211,12 +252,17 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
             if active.spec.verbose:
                 LOG.info("AB-Cache: sigma %.4f extrapolated (order %d, estimate %.2e)", sigma, decision.order,
                          decision.error)
-            return out
-    try:
-        out = forward()
-    except BaseException:
-        run.unfinished(decision)   # the summary counts finished calls only
-        raise
+            return out, None
+    if round(sigma, 12) in active.uncontrolled:
+        LOG.warning("AB-Cache: sigma %.4f was planned as extrapolated (its control was not computed) but is "
+                    "computed (%s)", sigma, decision.reason)
+    return None, (sigma, decision, conds, x_chunks, sig_in, n)
+
+
+@scope.dynamo_off
+def _record_call(active: ActiveRun, ctx, out, space: str, t) -> None:
+    sigma, decision, conds, x_chunks, sig_in, n = ctx
+    run = active.run
     parts, _ = scope.as_parts(out)
     if parts is not None:
         chunks = [scope.split_batch(p, n) for p in parts]
@@ -234,7 +280,6 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
             run.record(sigma, rec)
     if active.spec.verbose:
         LOG.info("AB-Cache: sigma %.4f computed (%s)", sigma, decision.reason)
-    return out
 
 
 def _sig(t, i, n, like):
@@ -268,15 +313,17 @@ def _assemble(active, preds, conds, x_parts, space, t):
 
 
 # ---------------------------------------------------------------------------------------------- apply
+# Per-run wrappers (bound to the ActiveRun by scope.sampling_scope), in registration order.
+RUN_WRAPPERS = {**PASS_WRAPPERS, pe.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper,
+                pe.WrappersMP.APPLY_MODEL: apply_model_wrapper,
+                pe.WrappersMP.DIFFUSION_MODEL: diffusion_model_wrapper}
 
 
 def apply_ab_cache(model, settings: CacheSettings, verbose: bool = False, sink=None):
     """Clone ``model`` and attach AB-Cache. Re-applying replaces an earlier AB-Cache on the same model."""
     settings = settings.validate()
     m = scope.fresh_clone(model, KEY, NAME, scope.other_caches(model.model_options, KEY))
-    m.model_options["transformer_options"][KEY] = CacheSpec(settings, verbose, sink)
+    m.model_options[KEY] = CacheSpec(settings, verbose, sink)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, outer_sample_wrapper)
-    add_pass_wrappers(m, KEY)
-    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, apply_model_wrapper)
-    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, KEY, diffusion_model_wrapper)
+    scope.register_placeholders(m, KEY, RUN_WRAPPERS)
     return m

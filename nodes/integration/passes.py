@@ -2,24 +2,22 @@
 
 ComfyUI's guidance nodes (PerturbedAttentionGuidance, SelfAttentionGuidance, SkipLayerGuidanceDiT/SD3, LTXV's
 spatio-temporal / modality guidance, ...) call calc_cond_batch a second time at the same sigma with a
-conditioning the normal pass already evaluated. A PREDICT_NOISE wrapper opens a fresh :class:`PassScope` per
-sampler evaluation, a CALC_COND_BATCH wrapper tags each conditioning with its pass ordinal, and
-:func:`pass_tag` makes the pass part of every history key, so a guidance pass never replaces the normal
-pass's history and each is extrapolated from its own.
+conditioning the normal pass already evaluated. A per-run PREDICT_NOISE wrapper opens a fresh
+:class:`PassScope` per sampler evaluation (on the run's state: the sampler calls it from one thread, one
+evaluation at a time), and a per-run CALC_COND_BATCH wrapper passes the n-th evaluation (n > 0) of a
+conditioning on with a shallow copy of its cond dict whose uuid is derived from the original
+(uuid5(uuid, "pass<n>")). ComfyUI copies cond["uuid"] into transformer_options["uuids"], so the history key of
+every model call carries its pass without any key of ours in transformer_options (torch.compile safe), and a
+guidance pass never replaces the normal pass's history. The guider's conds are never modified.
 """
 from __future__ import annotations
 
 import threading
+import uuid as uuidlib
 
 import comfy.patcher_extension as pe
 
 from .scope import replace_arg, window_key
-
-
-SCOPE_KEY = "ab_cache_pass_scope"   # transformer_options: the PassScope of the current sampler evaluation
-
-
-PASS_KEY = "ab_cache_passes"        # transformer_options: uuid -> pass ordinal of this calc_cond_batch
 
 
 class PassScope:
@@ -53,42 +51,52 @@ class PassScope:
         return out
 
 
-def model_options_with(model_options: dict, **extra) -> dict:
-    """A shallow copy of ``model_options`` whose transformer_options (also copied) carry ``extra``."""
-    mo = dict(model_options)
-    mo["transformer_options"] = {**model_options.get("transformer_options", {}), **extra}
-    return mo
+def pass_uuid(u, n: int):
+    """The uuid a conditioning's n-th pass (n > 0) is evaluated under."""
+    if isinstance(u, uuidlib.UUID):
+        return uuidlib.uuid5(u, f"pass{n}")
+    return (u, "pass", n)
 
 
-def pass_scope_wrapper(key: str):
-    """PREDICT_NOISE wrapper (x, timestep, model_options, seed): a fresh PassScope per sampler evaluation,
-    when the cache stored under ``key`` is active in this sampling call."""
-
-    def predict_noise_wrapper(executor, *args, **kwargs):
-        mo = kwargs.get("model_options", args[2] if len(args) > 2 else None)
-        if not isinstance(mo, dict) or key not in mo.get("transformer_options", {}):
-            return executor(*args, **kwargs)
-        args, kwargs = replace_arg(args, kwargs, 2, "model_options",
-                                    model_options_with(mo, **{SCOPE_KEY: PassScope()}))
-        return executor(*args, **kwargs)
-
-    return predict_noise_wrapper
+def predict_noise_wrapper(active, executor, *args, **kwargs):
+    """Per-run PREDICT_NOISE wrapper (x, timestep, model_options, seed): a fresh PassScope per evaluation."""
+    active.pass_scope = PassScope()
+    return executor(*args, **kwargs)
 
 
-def calc_cond_batch_wrapper(executor, *args, **kwargs):
-    """CALC_COND_BATCH wrapper (model, conds, x_in, timestep, model_options): tags each conditioning with
-    its pass ordinal in the current sampler evaluation (see PassScope). Pass 0 everywhere: no change."""
-    mo = kwargs.get("model_options", args[4] if len(args) > 4 else None)
-    conds = kwargs.get("conds", args[1] if len(args) > 1 else None)
-    to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
-    scope = to.get(SCOPE_KEY)
+def tag_passes(active, conds, to: dict):
+    """``conds`` with the n-th evaluation (n > 0) of a conditioning in this sampler evaluation under a derived
+    uuid (shallow copies of those cond dicts); ``conds`` itself when every pass is 0."""
+    scope = getattr(active, "pass_scope", None)
     if not isinstance(scope, PassScope) or not isinstance(conds, (list, tuple)):
-        return executor(*args, **kwargs)
+        return conds
     uuids = [c.get("uuid") for group in conds if group for c in group if isinstance(c, dict)]
     passes = scope.passes([u for u in uuids if u is not None], window_key(to))
     if not any(passes.values()):
-        return executor(*args, **kwargs)
-    args, kwargs = replace_arg(args, kwargs, 4, "model_options", model_options_with(mo, **{PASS_KEY: passes}))
+        return conds
+    tagged = [group if not group else
+              [{**c, "uuid": pass_uuid(c["uuid"], passes[c["uuid"]])}
+               if isinstance(c, dict) and passes.get(c.get("uuid")) else c for c in group]
+              for group in conds]
+    return type(conds)(tagged) if isinstance(conds, tuple) else tagged
+
+
+def calc_cond_batch_args(args, kwargs):
+    """(conds, x_in, timestep, model_options) of a CALC_COND_BATCH call (model, conds, x_in, timestep,
+    model_options)."""
+    def get(i, name):
+        return kwargs.get(name, args[i] if len(args) > i else None)
+    return get(1, "conds"), get(2, "x_in"), get(3, "timestep"), get(4, "model_options")
+
+
+def calc_cond_batch_wrapper(active, executor, *args, **kwargs):
+    """Per-run CALC_COND_BATCH wrapper: passes are told apart by derived uuids (tag_passes). Pass 0
+    everywhere: the call is passed on unchanged."""
+    conds, _, _, mo = calc_cond_batch_args(args, kwargs)
+    to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
+    tagged = tag_passes(active, conds, to)
+    if tagged is not conds:
+        args, kwargs = replace_arg(args, kwargs, 1, "conds", tagged)
     return executor(*args, **kwargs)
 
 
@@ -102,16 +110,11 @@ def _patch_fingerprint(to: dict) -> tuple:
                         for name, blocks in pr.items() if isinstance(blocks, dict) and blocks))
 
 
-def pass_tag(to: dict, uuid) -> tuple:
-    """The identity of one conditioning's call within a step: (pass ordinal, replaced blocks).
-
-    Part of every history key, so each kind of pass is extrapolated from its own history."""
-    passes = to.get(PASS_KEY)
-    n = passes.get(uuid, 0) if isinstance(passes, dict) else 0
-    return (n, _patch_fingerprint(to))
+def pass_tag(to: dict) -> tuple:
+    """Which blocks this call replaces (PAG's attn1, SLG's skipped DiT blocks ...): part of every history key,
+    so each kind of pass is extrapolated from its own history (the pass ordinal is in the uuid)."""
+    return _patch_fingerprint(to)
 
 
-def add_pass_wrappers(m, key: str) -> None:
-    """The PREDICT_NOISE and CALC_COND_BATCH wrappers that give each model call its pass (see pass_tag)."""
-    m.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, key, pass_scope_wrapper(key))
-    m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, key, calc_cond_batch_wrapper)
+PASS_WRAPPERS = {pe.WrappersMP.PREDICT_NOISE: predict_noise_wrapper,
+                 pe.WrappersMP.CALC_COND_BATCH: calc_cond_batch_wrapper}

@@ -20,18 +20,22 @@ from ...abcache_core import CacheRun, CacheSettings, plan, rescale_denoised
 LOG = logging.getLogger("ab_cache")
 
 
-# Every step cache a model can carry, by its key in transformer_options -> the name messages use. ComfyUI's
-# EasyCache and LazyCache both store their holder under "easycache" (the holder knows its own name). Two
-# step caches on one model would skip twice and corrupt each other's state.
-STEP_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache", "ab_cache": "AB-Cache",
-               "ab_cache_blocks": "AB-Cache FLUX blocks"}
+# Every step cache a model can carry -> the name messages use. This pack's own specs live at the TOP level of
+# model_options (never in transformer_options: with torch.compile any optional key there is a hazard, see
+# docs/DESIGN.md "torch.compile"); ComfyUI's EasyCache and LazyCache store their holder under "easycache" in
+# transformer_options (the holder knows its own name). Two step caches on one model would skip twice and
+# corrupt each other's state.
+OWN_CACHES = {"ab_cache": "AB-Cache", "ab_cache_blocks": "AB-Cache FLUX blocks"}
+COMFY_CACHES = {"easycache": "EasyCache", "lazycache": "LazyCache"}
+STEP_CACHES = {**COMFY_CACHES, **OWN_CACHES}
 
 
 def other_caches(model_options: dict, own_key: str) -> list[str]:
     """The names of the step caches on a model other than the one stored under ``own_key``."""
     to = model_options.get("transformer_options", {})
-    return sorted({str(getattr(to[k], "name", None) or name) for k, name in STEP_CACHES.items()
-                   if k in to and k != own_key})
+    found = {str(getattr(to[k], "name", None) or name) for k, name in COMFY_CACHES.items() if k in to}
+    found |= {name for k, name in OWN_CACHES.items() if k in model_options and k != own_key}
+    return sorted(found)
 
 
 class TelemetrySink:
@@ -110,16 +114,20 @@ def split_batch(t: torch.Tensor, n: int) -> Optional[list]:
     return [t[i * b:(i + 1) * b] for i in range(n)]
 
 
-def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, start, finish, name: str):
+def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, start, finish, name: str,
+                   wrappers: dict):
     """The OUTER_SAMPLE pattern shared by every cache node of this pack.
 
-    Reads the node's spec under ``key``; bypasses (with a warning) when another step cache is attached;
-    otherwise builds the per-run state with ``start(spec, model_patcher, schedule)``, exposes it under ``key`` in a
-    copy of the guider's model_options for this sampling call only, and always calls ``finish(active)``.
+    Reads the node's spec at ``model_options[key]``; bypasses (with a warning) when another step cache is
+    attached; otherwise builds the per-run state with ``start(spec, model_patcher, schedule)``, and installs,
+    in a copy of the guider's model_options for this sampling call only, the per-run wrappers
+    ``wrappers[wrapper_type](active, executor, *args, **kwargs)`` bound to that state under ``key`` (replacing
+    the pass-through placeholders the node registered, so the wrapper order of the graph is kept). Nothing of
+    ours enters transformer_options' own keys. Always calls ``finish(active)``.
     """
     guider = executor.class_obj
     orig = guider.model_options
-    spec = orig.get("transformer_options", {}).get(key)
+    spec = orig.get(key)
     if not isinstance(spec, spec_type):
         return executor(*args, **kwargs)
     if others:
@@ -129,13 +137,48 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
     active = start(spec, guider.model_patcher, schedule)
-    guider.model_options = comfy.model_patcher.create_model_options_clone(orig)
-    guider.model_options["transformer_options"][key] = active
+    mo = comfy.model_patcher.create_model_options_clone(orig)
+    to = mo["transformer_options"] = dict(mo.get("transformer_options", {}))
+    wr = to["wrappers"] = dict(to.get("wrappers", {}))
+    for wtype, fn in wrappers.items():
+        wr[wtype] = {**wr.get(wtype, {}), key: [run_bound(fn, active)]}
+    guider.model_options = mo
     try:
         return executor(*args, **kwargs)
     finally:
         guider.model_options = orig
         finish(active)
+
+
+def dynamo_skip(fn):
+    """Dynamo (torch.compile) never traces ``fn``'s own frame; what it calls (the model) is compiled as usual."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn, recursive=False) if disable is not None else fn
+
+
+def dynamo_off(fn):
+    """Dynamo never traces ``fn`` nor anything it calls (our bookkeeping: no guard on per-run objects)."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
+def run_bound(fn, active):
+    """``fn`` bound to this run's state (a per-run wrapper)."""
+    @dynamo_skip
+    def bound(executor, *args, **kwargs):
+        return fn(active, executor, *args, **kwargs)
+
+    return bound
+
+
+def passthrough(executor, *args, **kwargs):
+    """The placeholder a node registers for each per-run wrapper: outside a sampling call it does nothing."""
+    return executor(*args, **kwargs)
+
+
+def register_placeholders(m, key: str, wrapper_types) -> None:
+    for wtype in wrapper_types:
+        m.add_wrapper_with_key(wtype, key, passthrough)
 
 
 def sampling_of(patcher):
@@ -165,12 +208,13 @@ def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int) -> N
                     name, steps, settings.mode, settings.warmup, settings.interval, settings.final_steps)
 
 
-def active_in_apply_model(key: str, args, kwargs):
-    """Our per-run state from an APPLY_MODEL call (x, t, c_concat, c_crossattn, control, transformer_options)."""
+def apply_model_options(args, kwargs) -> Optional[dict]:
+    """transformer_options of an APPLY_MODEL call (x, t, c_concat, c_crossattn, control, transformer_options),
+    given the arguments after x and t."""
     to = kwargs.get("transformer_options")
     if not isinstance(to, dict):
         to = args[3] if len(args) > 3 and isinstance(args[3], dict) else None
-    return to, (to.get(key) if to is not None else None)
+    return to
 
 
 def apply_exposure(run: CacheRun, flow: bool, x, t, out, mark: int):
