@@ -22,7 +22,6 @@ Findings these tests pin down:
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 import torch
