@@ -292,6 +292,43 @@ def save_grid(rows, per_class, path):
 # --------------------------------------------------------------------------------------------------
 
 
+def train_step(opt, loss, params, ema, step, decay, modules) -> None:
+    """One optimiser step: backward, (first step) every parameter of ``modules`` got a gradient, clip 1.0,
+    step, EMA update."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if step == 0:
+        dead = [nm for mod in modules for nm, p in mod.named_parameters() if p.grad is None]
+        assert not dead, f"parameters without gradient: {dead}"
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    ema_update(ema, params, step, decay)
+
+
+def ema_update(ema, params, step, decay):
+    """Exponential moving average of the weights, with the usual warm-up of the decay."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            e.lerp_(p.detach(), 1 - d)
+
+
+def use_ema(ema, params, module):
+    """Copy the EMA weights into the parameters (what is saved and evaluated) and put ``module`` in eval mode."""
+    with torch.no_grad():
+        for e, p in zip(ema, params):
+            p.copy_(e)
+    module.eval()
+
+
+def write_provenance(meta: dict, mpath, wpath, comfyui_version: str) -> None:
+    """The JSON record next to the weights: ``meta`` plus the versions used and the weights file's checksum."""
+    meta["versions"] = {"torch": torch.__version__, "comfyui": comfyui_version, "python": platform.python_version()}
+    meta["weights_file"] = {"name": wpath.name, "bytes": wpath.stat().st_size, "sha256": sha256(wpath),
+                            "dtype": "float32"}
+    mpath.write_text(json.dumps(meta, indent=1) + "\n")
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -363,17 +400,7 @@ def main(argv=None) -> int:
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, steps, args.lr, args.warmup)
         loss = rf_loss(dm, tables, x0_all[idx], labels_all[idx], g_noise, tf)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if step == 0:
-            dead = [nm for nm, p in list(dm.named_parameters()) + list(tables.named_parameters()) if p.grad is None]
-            assert not dead, f"parameters without gradient: {dead}"
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        d = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - d)
+        train_step(opt, loss, params, ema, step, args.ema, (dm, tables))
         hist.append(loss.item())
         if (step + 1) % args.log_every == 0 or step == steps - 1:
             el = time.perf_counter() - t0
@@ -388,10 +415,7 @@ def main(argv=None) -> int:
         return 0
 
     # EMA weights -> tensors to save (Flux state_dict keys + conditioning tables)
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
-    dm.eval()
+    use_ema(ema, params, dm)
     # Fixed-seed evaluation loss of the saved (EMA) weights over the whole data set, 4 noise draws.
     with torch.no_grad():
         g_eval = torch.Generator().manual_seed(12345)
@@ -435,12 +459,8 @@ def main(argv=None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (wall > cpu time)",
             "loss_log": log,
         },
-        "versions": {"torch": torch.__version__, "comfyui": runtime.comfyui_version(cpath),
-                     "python": platform.python_version()},
-        "weights_file": {"name": wpath.name, "bytes": wpath.stat().st_size, "sha256": sha256(wpath),
-                         "dtype": "float32"},
     }
-    mpath.write_text(json.dumps(meta, indent=1) + "\n")
+    write_provenance(meta, mpath, wpath, runtime.comfyui_version(cpath))
     print(f"saved {wpath} ({wpath.stat().st_size / 1e6:.2f} MB); final loss {final_avg:.4f}, "
           f"EMA eval loss {eval_loss:.4f}, {wall / 60:.1f} min", flush=True)
 

@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.train_tiny_flux import lr_at, sha256  # noqa: E402  (one copy of the shared recipe helpers)
+from benchmarks.train_tiny_flux import lr_at, train_step, use_ema, write_provenance  # noqa: E402  (one copy of the shared recipe helpers)
 
 NULL_DROPOUT = 0.1
 UNIFORM_FRACTION = 0.1
@@ -354,17 +354,7 @@ def main(argv=None) -> int:
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, steps, recipe["lr"], recipe["warmup"])
         loss = loss_fn(name, model, tables, x0, lab, g_noise, dev)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if step == 0:
-            dead = [nm for nm, p in list(dm.named_parameters()) + list(tables.named_parameters()) if p.grad is None]
-            assert not dead, f"parameters without gradient: {dead}"
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        d = min(recipe["ema"], (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - d)
+        train_step(opt, loss, params, ema, step, recipe["ema"], (dm, tables))
         hist.append(loss.item())
         stop = bool(args.max_wall) and time.perf_counter() - t0 > args.max_wall
         if (step + 1) % args.log_every == 0 or step == steps - 1 or stop:
@@ -386,10 +376,7 @@ def main(argv=None) -> int:
               f"{cpu / steps * recipe['steps'] / 60:.1f} CPU-min", flush=True)
         return 0
 
-    with torch.no_grad():
-        for e, p in zip(ema, params):
-            p.copy_(e)
-    dm.eval()
+    use_ema(ema, params, dm)
     with torch.no_grad():
         g_eval = torch.Generator().manual_seed(12345)
         g_evd = torch.Generator().manual_seed(54321)
@@ -446,12 +433,8 @@ def main(argv=None) -> int:
                              if est else None),
             "loss_log": log,
         },
-        "versions": {"torch": torch.__version__, "comfyui": runtime.comfyui_version(cpath),
-                     "python": platform.python_version()},
-        "weights_file": {"name": wpath.name, "bytes": wpath.stat().st_size, "sha256": sha256(wpath),
-                         "dtype": "float32"},
     }
-    mpath.write_text(json.dumps(meta, indent=1) + "\n")
+    write_provenance(meta, mpath, wpath, runtime.comfyui_version(cpath))
     print(f"saved {wpath} ({wpath.stat().st_size / 1e6:.2f} MB); final loss {final_avg:.4f}, "
           f"EMA eval loss {eval_loss:.4f}, {wall / 60:.1f} min", flush=True)
     if not args.no_check:
