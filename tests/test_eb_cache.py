@@ -46,34 +46,32 @@ def test_exposure_delta_one_is_the_identity(flow):
         assert torch.allclose(back, d, atol=1e-5)
 
 
+def _rescaled(delta, sigmas, flow, rtol):
+    """(x, D, D', eps, eps') for one rescale, after checking its defining property: eps' = eps / delta at fixed x."""
+    x, d = _xd()
+    sigma = torch.tensor(sigmas, dtype=torch.float64)
+    out = rescale_denoised(x, d, sigma, delta, flow=flow)
+    eps, eps2 = epsilon_from_denoised(x, d, sigma, flow), epsilon_from_denoised(x, out, sigma, flow)
+    assert torch.allclose(eps2, eps / delta, rtol=rtol, atol=rtol)
+    return x, d, out, eps, eps2, sigma.reshape(-1, 1, 1, 1)
+
+
 @pytest.mark.parametrize("delta", [0.965, 1.04])
 def test_exposure_scales_epsilon_vp(delta):
     """VP / eps models (VE units x = x0 + sigma eps): eps' = eps / delta at fixed x, for any sigma."""
-    x, d = _xd()
-    sigma = torch.tensor([0.02, 1.0, 14.6], dtype=torch.float64)
-    out = rescale_denoised(x, d, sigma, delta, flow=False)
-    eps, eps2 = epsilon_from_denoised(x, d, sigma, False), epsilon_from_denoised(x, out, sigma, False)
-    assert torch.allclose(eps2, eps / delta, rtol=1e-10, atol=1e-10)
-    # closed form: D' = x - (x - D) / delta
-    assert torch.allclose(out, x - (x - d) / delta, rtol=1e-12)
+    x, d, out, eps, _, s = _rescaled(delta, [0.02, 1.0, 14.6], flow=False, rtol=1e-10)
+    assert torch.allclose(out, x - (x - d) / delta, rtol=1e-12)      # closed form: D' = x - (x - D) / delta
     # EB-Cache's own form in VP units: x0 = (x_t - sqrt(1 - abar) eps / delta) / sqrt(abar)
-    abar = 1.0 / (1.0 + sigma ** 2)
-    xt = x * abar.sqrt().reshape(-1, 1, 1, 1)
-    x0_eb = (xt - (1 - abar).sqrt().reshape(-1, 1, 1, 1) * eps / delta) / abar.sqrt().reshape(-1, 1, 1, 1)
+    abar = 1.0 / (1.0 + s ** 2)
+    x0_eb = (x * abar.sqrt() - (1 - abar).sqrt() * eps / delta) / abar.sqrt()
     assert torch.allclose(out, x0_eb, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("delta", [0.965, 1.04])
 def test_exposure_scales_epsilon_flow(delta):
     """Flow models (x = (1 - sigma) x0 + sigma eps): eps' = eps / delta at fixed x; guarded near sigma = 1 and 0."""
-    x, d = _xd()
-    sigma = torch.tensor([0.05, 0.5, 0.97], dtype=torch.float64)
-    out = rescale_denoised(x, d, sigma, delta, flow=True)
-    eps, eps2 = epsilon_from_denoised(x, d, sigma, True), epsilon_from_denoised(x, out, sigma, True)
-    assert torch.allclose(eps2, eps / delta, rtol=1e-9, atol=1e-9)
-    # the flow parameterisation really is x = (1 - s) x0' + s eps' afterwards
-    s = sigma.reshape(-1, 1, 1, 1).double()
-    assert torch.allclose((1 - s) * out + s * eps2, x, atol=1e-10)
+    x, d, out, _, eps2, s = _rescaled(delta, [0.05, 0.5, 0.97], flow=True, rtol=1e-9)
+    assert torch.allclose((1 - s) * out + s * eps2, x, atol=1e-10)   # x = (1 - s) x0' + s eps' afterwards
     # guard: 1 - sigma < 1e-3 and sigma <= 0 are left alone; other batch entries still rescaled
     guarded = rescale_denoised(x, d, torch.tensor([0.9995, 0.0, 0.5]), delta, flow=True)
     assert torch.equal(guarded[:2], d[:2]) and not torch.equal(guarded[2], d[2])
