@@ -10,6 +10,7 @@ given packs are whitelisted (they are symlinked into ``<base>/custom_nodes``). I
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -126,6 +127,16 @@ class ComfyServer:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def pack_load_problems(self) -> list[str]:
+        """Log lines saying one of this server's packs failed to import, and a line for each pack missing from
+        ComfyUI's import-time list. ComfyUI's own optional nodes (audio without torchaudio) are not ours."""
+        log = self.log_text()
+        dirs = [f"custom_nodes/{name}" for name in self.packs]
+        failed = [l for l in log.splitlines() if ("IMPORT FAILED" in l or "Cannot import" in l)
+                  and any(re.search(re.escape(d) + r"(\s|$)", l) for d in dirs)]
+        loaded = [d for d in dirs if re.search(r"\d+\.\d+ seconds: \S*" + re.escape(d) + r"\s*$", log, re.M)]
+        return failed + [f"{d} is missing from the import times" for d in dirs if d not in loaded]
 
     # ------------------------------------------------------------------ HTTP
     def get(self, path: str, timeout: float = 30):
