@@ -57,7 +57,7 @@ class ABCacheFluxBlocksNode(io.ComfyNode):
                         "skipped steps the first blocks run and every later block adds its cached (order 1) or "
                         "extrapolated residual instead of running. Steps follow a table (EB-Cache's published one "
                         "by default) or a fixed interval; optional EB-Cache exposure-bias compensation. On a "
-                        "4-block test model it stayed far below output-level caching: prefer AB-Cache.",
+                        "4-block test model it stayed below output-level caching at equal calls: prefer AB-Cache.",
             inputs=[io.Model.Input("model", tooltip=MODEL_TIP)] + [widget(p) for p in BLOCK_PARAMS.values()],
             outputs=[io.Model.Output(tooltip="The model with block caching attached. Connect it to the sampler.")],
             is_experimental=True,
