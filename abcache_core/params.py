@@ -18,10 +18,11 @@ from typing import Any, Optional
 MAX_ORDER = 5          # the core's limit (weights are defined up to this order)
 NODE_MAX_ORDER = 4     # what the nodes offer: order 5 amplifies noise too much to be useful
 
-MODES = ("fixed", "adaptive", "table", "paper")
+MODES = ("fixed", "adaptive", "table", "paper", "even")   # append only: saved workflows store the name
 COORDINATES = ("auto", "sigma", "lambda", "step")
 CACHE_DEVICES = ("same", "cpu")
 EXPOSURE_APPLY = ("extrapolated", "all")
+EXTRAPOLATORS = ("auto", "output", "noise")
 EB_CACHE_DELTA = 0.965     # EB-Cache's published δ (DiT-XL/2, 50 DDPM steps, cfg 1.5)
 
 
@@ -76,11 +77,12 @@ _TABLE = (
         "4 = about 3x fewer model calls at 50 steps.")),
     Param("warmup", "int", 3, min=0, max=200, step=1, tooltip=(
         "Number of first steps that always run the model (the early, high-noise steps change fastest).")),
-    Param("mode", "choice", "fixed", choices=MODES, tooltip=(
-        "fixed: every interval-th step. adaptive: skip while the built-in error estimate stays under the "
-        "tolerance. table: follow the per-step mask in 'table'. paper: the AB-Cache paper's exact rule (compute "
-        "when step < warmup or step % interval == 0, binomial weights; set final_steps to 0 for the official "
-        "schedule).")),
+    Param("mode", "choice", "even", choices=MODES, tooltip=(
+        "even: run the model on the first and the last step and on evenly spread steps between, as many as "
+        "'speed' allows (no warm-up). fixed: the first warm-up steps, then every interval-th step. adaptive: "
+        "skip while the built-in error estimate stays under the tolerance. table: follow the per-step mask in "
+        "'table'. paper: the AB-Cache paper's exact rule (compute when step < warmup or step % interval == 0, "
+        "binomial weights; set final_steps to 0 for the official schedule).")),
     Param("coordinate", "choice", "auto", choices=COORDINATES, tooltip=(
         "Axis on which the extrapolation weights are computed. auto = sigma for flow models (FLUX, Wan, "
         "HunyuanVideo, LTX), lambda = -log(sigma) for VP models (SD, CogVideoX); step = step index (ignores the "
@@ -116,7 +118,21 @@ _TABLE = (
         "Blocks (in execution order: the double-stream blocks, then the single-stream blocks; FLUX.1 has "
         "19 + 38) that run on every step. The later blocks reuse or extrapolate their cached residual on "
         "skipped steps. 0 = reuse every block on skipped steps.")),
-    # Core-only guard, not shown in any node.
+    Param("speed", "float", 3.0, min=0.0, max=10.0, step=0.25, tooltip=(
+        "How many times fewer model calls to make: 3 = one call in three (about 3x faster), evenly spread over "
+        "the steps, first and last step included. 0 = use order/interval/warm-up as set (the fixed schedule of "
+        "earlier versions).")),
+    Param("extrapolator", "choice", "auto", choices=EXTRAPOLATORS, tooltip=(
+        "How a skipped step is predicted. auto: from how far it lies beyond the last computed step -- near: the "
+        "model output extrapolated with 'order' points; far: the model's noise estimate fitted by a least-squares "
+        "line through the last computed steps and recombined with the current latent. output: always the "
+        "model output (earlier versions). noise: always the noise estimate.")),
+    # Core-only settings and guards, not shown in any node.
+    Param("long_gap", "float", 2.0, min=0.0, tooltip=(
+        "extrapolator auto: a skipped step further than this many steps beyond the last computed one uses the "
+        "noise estimate and the least-squares fit.")),
+    Param("fit_points", "int", 3, min=2, max=MAX_ORDER, tooltip=(
+        "Computed steps the least-squares line is fitted through.")),
     Param("max_amplification", "float", 8.0, min=1.0, tooltip=(
         "Guard: when the extrapolation weights amplify the history by more than this (sum |w|), a lower order "
         "is used.")),
@@ -127,10 +143,15 @@ PARAMS: dict[str, Param] = {p.name: p for p in _TABLE}
 # The widgets of the two AB-Cache nodes, in widget order (saved workflows map widget values by position:
 # append, never reorder). The last ones of the Advanced node were added later and are optional.
 SIMPLE_NODE_INPUTS = ("order", "interval", "warmup")
+SIMPLE_NODE_OPTIONAL = ("speed",)
 ADVANCED_NODE_INPUTS = SIMPLE_NODE_INPUTS + (
     "mode", "coordinate", "tolerance", "max_skips", "start_percent", "end_percent", "final_steps", "table",
     "cache_device", "verbose")
-ADVANCED_NODE_OPTIONAL = ("exposure_delta", "exposure_apply")
+ADVANCED_NODE_OPTIONAL = ("exposure_delta", "exposure_apply", "speed", "extrapolator")
+# What an optional input means when a prompt leaves it out (an API prompt or a script written before the input
+# existed): the behaviour before it existed, so such a graph samples exactly as it did. A graph opened in the
+# UI shows the new widget at its default instead (the frontend fills it in).
+WHEN_ABSENT = {"speed": 0.0, "extrapolator": "output"}
 
 
 def default(name: str) -> Any:

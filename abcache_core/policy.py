@@ -6,6 +6,8 @@ the model more than once per step (Heun, DPM-2, DPM++ 2S) or between schedule po
 the step whose interval [sigmas[i], sigmas[i+1]) contains that sigma.
 
 Modes
+* ``even``     -- compute the first and the last step and evenly spread steps between: as many computed steps
+                  as ``speed`` allows (``calls_for_speed``), no warm-up (:func:`even_steps`).
 * ``fixed``    -- compute the first ``warmup`` steps, then every ``interval``-th step; extrapolate between.
 * ``paper``    -- the official AB-Cache schedule and rule: compute when ``i < warmup or i % interval == 0``
                   (the released code: ``i < 5 or i % 6 == 0``), binomial weights on the computed history.
@@ -57,6 +59,10 @@ class CacheSettings:
     cache_device: str = _field("cache_device")   # same | cpu (keep history on the CPU)
     exposure_delta: float = _field("exposure_delta")  # EB-Cache exposure-bias compensation (1 = off)
     exposure_apply: str = _field("exposure_apply")    # extrapolated | all
+    speed: float = _field("speed")               # even: total calls / computed calls asked for
+    extrapolator: str = _field("extrapolator")   # auto | output | noise (see extrapolation_rule)
+    long_gap: float = _field("long_gap")         # auto: reach (in steps) beyond which the noise fit is used
+    fit_points: int = _field("fit_points")       # computed steps the least-squares line goes through
 
     def resolved(self, flow: bool) -> "CacheSettings":
         """These settings with coordinate ``auto`` made concrete: sigma for flow models, lambda for VP models."""
@@ -85,11 +91,17 @@ def _check_table(mode: str, table: str) -> None:
         parse_table(table)
 
 
+def _check_speed(mode: str, speed: float) -> None:
+    if mode == "even" and speed < 1.0:
+        raise ValueError(f"even mode needs speed >= 1 (1 = every step computed, 3 = one call in three), got {speed}")
+
+
 # Rules between parameters: (the parameters a rule reads, the rule). One place per rule.
 CROSS_CHECKS = (
     (("start_percent", "end_percent"), _check_window),
     (("mode", "order"), _check_adaptive_order),
     (("mode", "table"), _check_table),
+    (("mode", "speed"), _check_speed),
 )
 
 
@@ -248,6 +260,61 @@ def schedule_problem(schedule: Sequence[float]) -> Optional[str]:
     return None
 
 
+def calls_for_speed(steps: int, speed: float) -> int:
+    """Computed steps for ``speed`` times fewer model calls over ``steps`` steps: steps / speed rounded to the
+    nearest whole number (halves down, so never slower than asked), at least 2 (first and last) and at most
+    ``steps``."""
+    steps = int(steps)
+    if steps <= 2 or speed <= 1.0:
+        return max(steps, 0)
+    return max(2, min(steps, math.ceil(steps / float(speed) - 0.5)))
+
+
+# Fewer computed steps than this leave too little to extrapolate from: plain fewer steps are as good or better
+# (docs/BENCHMARKS.md, "steps" section).
+MIN_USEFUL_CALLS = 5
+
+
+def speed_problem(settings: CacheSettings, steps: int) -> Optional[str]:
+    """Why the asked-for speed cannot beat simply sampling fewer steps (None when it can): even mode with fewer
+    than MIN_USEFUL_CALLS computed steps."""
+    if settings.mode != "even" or steps <= 2:
+        return None
+    calls = calls_for_speed(steps, settings.speed)
+    if calls >= MIN_USEFUL_CALLS or calls >= steps:
+        return None
+    return (f"speed {settings.speed:g} at {steps} steps leaves {calls} model calls: too few to extrapolate from, so "
+            f"this will not beat simply sampling {calls} steps without AB-Cache. Lower the speed (at most "
+            f"{steps / MIN_USEFUL_CALLS:.1f} here) or use more steps.")
+
+
+@functools.lru_cache(maxsize=256)
+def even_steps(steps: int, calls: int) -> frozenset:
+    """The ``calls`` computed steps of ``steps`` evenly spread: round(i (steps - 1) / (calls - 1)), i = 0..calls-1,
+    so the first and the last step are computed and the gaps between computed steps differ by at most one."""
+    if calls >= steps:
+        return frozenset(range(steps))
+    if calls <= 1:
+        return frozenset({0}) if steps else frozenset()
+    return frozenset(int(math.floor(i * (steps - 1) / (calls - 1) + 0.5)) for i in range(calls))
+
+
+def extrapolation_rule(settings: CacheSettings, reach: float) -> tuple[str, str]:
+    """(space, fit) for a skipped call ``reach`` steps beyond the last computed one.
+
+    space: ``output`` (the model's output) or ``noise`` (its noise estimate, recombined with the current
+    input; abcache_core/spaces.py). fit: ``lagrange`` (exact through ``order`` points) or ``lsq`` (a
+    least-squares line through ``fit_points`` points). ``auto``: near (reach <= long_gap) the output with
+    Lagrange, far the noise estimate with the line (docs/DESIGN.md, "Extrapolator by gap"). The paper mode
+    keeps its own rule (binomial weights on the output).
+    """
+    if settings.mode == "paper" or settings.extrapolator == "output":
+        return "output", "lagrange"
+    if settings.extrapolator == "noise" or reach > settings.long_gap + 1e-6:
+        return "noise", "lsq"
+    return "output", "lagrange"
+
+
 def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[bool]:
     """Schedule-level decision for ``step`` of ``steps``.
 
@@ -255,6 +322,10 @@ def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[
     """
     if step < 0 or step >= steps:
         return True
+    if settings.mode == "even":
+        if not (settings.start_percent <= step / steps < settings.end_percent):
+            return True
+        return step in even_steps(steps, calls_for_speed(steps, settings.speed))
     if step < settings.warmup or step >= steps - settings.final_steps:
         return True
     frac = step / steps

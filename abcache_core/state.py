@@ -26,12 +26,14 @@ import dataclasses
 import math
 import threading
 from collections import deque
-from typing import Any, Hashable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Hashable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
-from .policy import CacheSettings, decided_at_call_time, planned_compute, schedule_problem, step_position
-from .weights import amplification, lagrange_weights, paper_weights
+from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, planned_compute, schedule_problem,
+                     step_position)
+from .spaces import NoiseMap
+from .weights import amplification, lagrange_weights, least_squares_weights, paper_weights
 
 
 @dataclasses.dataclass
@@ -46,6 +48,24 @@ class CallRecord:
     reason: str = ""
     change: float = float("nan")  # computed calls: ||y - y_prev|| / ||y_prev|| per step, first chunk (U curve)
     finished: bool = True  # False: the model call raised (see CacheRun.unfinished); not counted in the summary
+
+
+class Entry(NamedTuple):
+    """One computed output in a history: its coordinate, step position, the output, its noise estimate."""
+    coord: float
+    pos: float
+    y: torch.Tensor
+    eps: Optional[torch.Tensor] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Here:
+    """What the noise-space extrapolator needs about the skipped call: its step position, sigma, the input
+    of this key's chunk, and the model's noise map."""
+    pos: float
+    sigma: float
+    x: Optional[torch.Tensor]
+    space: Optional[NoiseMap]
 
 
 @dataclasses.dataclass
@@ -81,6 +101,9 @@ class CacheRun:
         self.unsupported: Optional[str] = schedule_problem(self.schedule)   # set: nothing is cached
         self.records: list[CallRecord] = []
         self._hist: dict[Hashable, deque] = {}
+        st = self.settings
+        self._maxlen = max(st.order, 2 if decided_at_call_time(st.mode) else 1,
+                           st.fit_points if st.extrapolator != "output" and st.mode != "paper" else 1)
         self._lock = threading.RLock()
         self._decided: dict[float, bool] = {}   # sigma -> computed? (one decision per noise level)
         self._acc = 0.0                         # adaptive: accumulated error since the last compute
@@ -99,13 +122,17 @@ class CacheRun:
         return sigma_to_coordinate(sigma, self.settings.coordinate, self.schedule)
 
     # ------------------------------------------------------------------ decisions
-    def decide(self, sigma: float, keys: Iterable[Hashable], device=None, predict: bool = True) -> Decision:
+    def decide(self, sigma: float, keys: Iterable[Hashable], device=None, predict: bool = True,
+               inputs: Optional[Mapping[Hashable, torch.Tensor]] = None, space: Optional[NoiseMap] = None) -> Decision:
         """Compute or skip this model call. On skip, ``predictions`` holds one new tensor per key.
 
         One decision per noise level: every call at a σ already decided gets that decision again (a second
         pass, a memory split, Heun's corrector). The steps, in order: :meth:`_must_compute` (schedule,
         plan, history), :meth:`_extrapolate` (safe predictions), :meth:`_over_budget` (call-time modes only),
         then :meth:`_skipped`.
+
+        ``inputs`` (this call's input per key) and ``space`` (the model's noise map) let the extrapolator rule
+        predict in the noise space (policy.extrapolation_rule); without them the output is extrapolated.
 
         ``predict=False`` (not in a call-time mode, whose decision needs the predictions): a skip decision
         carries no predictions; the caller asks :meth:`predict` for each key when it needs it (the block
@@ -122,7 +149,8 @@ class CacheRun:
             target = self.coordinate(sigma)
             hists = [self._hist[k] for k in keys]
             if predict:
-                preds, order, err = self._extrapolate(keys, hists, target, device, call_time)
+                preds, order, err = self._extrapolate(keys, hists, target, device, call_time,
+                                                      self._here(pos, sigma, inputs, space))
                 if preds is None:
                     return self._computed(pos, sigma, "unsafe prediction", level)
             else:
@@ -169,11 +197,18 @@ class CacheRun:
             return pos, level, "warming history"
         return pos, level, ""
 
-    def _extrapolate(self, keys: list, hists: list, target: float, device, want_estimate: bool):
+    @staticmethod
+    def _here(pos, sigma, inputs, space):
+        """key -> Here for the noise-space extrapolator (None: output space only)."""
+        if inputs is None or space is None or pos is None:
+            return None
+        return lambda key: Here(pos, sigma, inputs.get(key), space)
+
+    def _extrapolate(self, keys: list, hists: list, target: float, device, want_estimate: bool, here=None):
         """({key: prediction}, lowest order used, largest error estimate) or (None, 0, nan) if one is unsafe."""
         preds, orders, err = {}, [], float("nan")
         for k, h in zip(keys, hists):
-            p = self._predict(h, target, device, want_estimate)
+            p = self._predict(h, target, device, want_estimate, None if here is None else here(k))
             if p is None:
                 return None, 0, float("nan")
             preds[k], o, e = p
@@ -237,8 +272,12 @@ class CacheRun:
             with self._lock:
                 decision.record.finished = False
 
-    def _predict(self, hist: deque, target: float, device, want_estimate: bool):
-        """(prediction, order used, error estimate) or None when no safe prediction exists."""
+    def _predict(self, hist: deque, target: float, device, want_estimate: bool, here: Optional["Here"] = None):
+        """(prediction, order used, error estimate) or None when no safe prediction exists.
+
+        ``here``: the skipped call's step position, sigma, input and noise map; with it the extrapolator rule
+        (policy.extrapolation_rule) may choose the noise space. Without it (or when the noise space is not
+        available for this history) the output is extrapolated."""
         s = self.settings
         entries = list(hist)  # most recent first
         k = min(s.order, len(entries))
@@ -246,71 +285,125 @@ class CacheRun:
             h = 0.0                   # Prop. 2 flow form
             if s.coordinate == "lambda":
                 # Prop. 2 VP form, h = mean lambda spacing of the history (target - last for k = 1)
-                cs = [c for c, _ in entries[:k]]
+                cs = [e.coord for e in entries[:k]]
                 h = (cs[0] - cs[-1]) / (k - 1) if k > 1 else target - cs[0]
-            return self._combine(entries[:k], paper_weights(k, h), k, device)
-        while k >= 1:
-            w = lagrange_weights([c for c, _ in entries[:k]], target)
-            if amplification(w) <= s.max_amplification and all(math.isfinite(x) for x in w):
-                break
-            k -= 1
-        if k < 1:
-            return None
-        out = self._combine(entries[:k], w, k, device)
+            out = self._combine([e.y for e in entries[:k]], paper_weights(k, h), device)
+            return None if out is None else (out, k, float("nan"))
+        out = None
+        if here is not None:
+            space, fit = extrapolation_rule(s, here.pos - entries[0].pos)
+            if space == "noise":
+                out = self._predict_noise(entries, target, device, here)
+        if out is None:
+            w, k = self._guarded(lambda m: lagrange_weights([e.coord for e in entries[:m]], target), k)
+            if w is None:
+                return None
+            out = self._combine([e.y for e in entries[:k]], w, device)
         if out is None or not want_estimate:
-            return out
+            return None if out is None else (out, k, float("nan"))
         if k < 2:
-            return out[0], k, float("inf")
-        w_lo = lagrange_weights([c for c, _ in entries[: k - 1]], target)
-        lo = self._combine(entries[: k - 1], w_lo, k - 1, device)
+            return out, k, float("inf")
+        lo = self._combine([e.y for e in entries[: k - 1]],
+                           lagrange_weights([e.coord for e in entries[: k - 1]], target), device)
         if lo is None:
             return None
-        hi_t, lo_t = out[0].float(), lo[0].float()
+        hi_t, lo_t = out.float(), lo.float()
         denom = float(torch.linalg.vector_norm(hi_t))
         err = float(torch.linalg.vector_norm(hi_t - lo_t)) / denom if denom > 0 else float("inf")
-        return out[0], k, err
+        return out, k, err
+
+    def _guarded(self, weights_for, k: int):
+        """(weights, points) for the largest point count <= k whose weights are finite and within the
+        amplification guard; (None, 0) when none is."""
+        while k >= 1:
+            w = weights_for(k)
+            if amplification(w) <= self.settings.max_amplification and all(math.isfinite(x) for x in w):
+                return w, k
+            k -= 1
+        return None, 0
+
+    def _predict_noise(self, entries: list, target: float, device, here: "Here") -> Optional[torch.Tensor]:
+        """The output recombined from the noise estimate: a least-squares line through the last fit_points
+        noise estimates, evaluated at ``target``, turned back into an output with the current input. None when
+        the history has no noise estimates, the input is missing or the map cannot recombine at this sigma."""
+        space, x = here.space, here.x
+        noisy = []
+        for e in entries[: self.settings.fit_points]:
+            if e.eps is None:
+                break
+            noisy.append(e)
+        if space is None or x is None or not noisy or not space.usable(here.sigma):
+            return None
+        if x.shape != noisy[0].eps.shape:
+            return None
+
+        def weights(m):
+            cs = [e.coord for e in noisy[:m]]
+            return least_squares_weights(cs, target, min(1, m - 1))
+
+        w, m = self._guarded(weights, len(noisy))
+        if w is None:
+            return None
+        eps = self._combine([e.eps for e in noisy[:m]], w, device, cast=False)
+        if eps is None:
+            return None
+        y = space.from_noise(eps, x.to(eps.device), here.sigma)
+        if not bool(torch.isfinite(y).all()):
+            return None
+        return y.to(noisy[0].y.dtype)
 
     @staticmethod
-    def _combine(entries, weights, k, device):
-        """(sum_j w_j y_j in float32 or wider, cast back; the order k; NaN error) or None if not finite."""
-        ref = entries[0][1]
+    def _combine(tensors, weights, device, cast: bool = True):
+        """sum_j w_j t_j in float32 or wider (cast back to the tensors' dtype unless ``cast`` is False), or
+        None if not finite."""
+        ref = tensors[0]
         dev = ref.device if device is None else device
         acc = None
         work = torch.promote_types(ref.dtype, torch.float32)  # fp16/bf16 -> fp32; fp64 stays fp64
-        for (_, y), w in zip(entries, weights):
+        for y, w in zip(tensors, weights):
             term = y.to(device=dev, dtype=work) * w
             acc = term if acc is None else acc.add_(term)
         if acc is None or not bool(torch.isfinite(acc).all()):
             return None
-        return acc.to(ref.dtype), k, float("nan")
+        return acc.to(ref.dtype) if cast else acc
 
     # ------------------------------------------------------------------ history
-    def record(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor]) -> None:
-        """Store computed outputs (one tensor per key) at this sigma. Never call it with predictions."""
+    def record(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor],
+               inputs: Optional[Mapping[Hashable, torch.Tensor]] = None, space: Optional[NoiseMap] = None) -> None:
+        """Store computed outputs (one tensor per key) at this sigma. Never call it with predictions.
+
+        ``inputs`` (the call's input per key) and ``space`` (the model's noise map): the noise estimate of each
+        output is stored too, for extrapolators that use the noise space (only when the rule may use it)."""
         c = self.coordinate(float(sigma))
         if not math.isfinite(c) or self.unsupported:
             return
-        maxlen = max(self.settings.order, 2 if decided_at_call_time(self.settings.mode) else 1)
+        pos = step_position(self.schedule, float(sigma)) if self.steps > 0 else None
+        pos = float("nan") if pos is None else pos
+        noise = space is not None and inputs is not None and self.settings.extrapolator != "output" \
+            and self.settings.mode != "paper" and float(sigma) > 0
         with self._lock:
             for n, (key, y) in enumerate(outputs.items()):
                 y = y.detach()
                 prev = self._hist.get(key)
-                if n == 0 and prev and prev[0][1].shape == y.shape and prev[0][0] != c:
-                    self._note_change(float(sigma), y, prev[0][1])
+                if n == 0 and prev and prev[0].y.shape == y.shape and prev[0].coord != c:
+                    self._note_change(float(sigma), y, prev[0].y)
+                x = inputs.get(key) if noise else None
+                eps = space.to_noise(y, x, float(sigma)).to(y.dtype) if x is not None and x.shape == y.shape else None
                 if self.settings.cache_device == "cpu" and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
+                    eps = None if eps is None else eps.to("cpu", non_blocking=False)
                 h = self._hist.get(key)
-                if h is None or h.maxlen != maxlen:
-                    h = self._hist[key] = deque(h or (), maxlen=maxlen)
-                if h and (h[0][1].shape != y.shape or h[0][1].dtype != y.dtype):
+                if h is None or h.maxlen != self._maxlen:
+                    h = self._hist[key] = deque(h or (), maxlen=self._maxlen)
+                if h and (h[0].y.shape != y.shape or h[0].y.dtype != y.dtype):
                     h.clear()                # shape/dtype changed (resolution, context window): restart
-                if any(e[0] == c for e in h):
+                if any(e.coord == c for e in h):
                     # same noise level again (Heun, or a sampler revisiting a sigma): keep only the newest
                     # evaluation, so Lagrange nodes stay distinct
-                    kept = [e for e in h if e[0] != c]
+                    kept = [e for e in h if e.coord != c]
                     h.clear()
                     h.extend(kept)
-                h.appendleft((c, y))
+                h.appendleft(Entry(c, pos, y, eps))
 
     def _note_change(self, sigma: float, y: torch.Tensor, prev: torch.Tensor) -> None:
         ref = float(torch.linalg.vector_norm(prev.float()))
@@ -334,7 +427,7 @@ class CacheRun:
 
     def history_tensors(self) -> list:
         with self._lock:
-            return [y for h in self._hist.values() for _, y in h]
+            return [t for h in self._hist.values() for e in h for t in (e.y, e.eps) if t is not None]
 
     def release(self) -> None:
         """Drop every tensor reference (the records keep only numbers)."""

@@ -10,6 +10,10 @@ Every rule here returns weights w_j (most recent history entry first) so that th
   ``lagrange_weights`` only when the history is k consecutive, evenly spaced steps and the target is the
   next one.
 * ``paper_weights`` -- Prop. 2 with the exponential factors e^(i h) of the VP/epsilon form (h = lambda step).
+* ``least_squares_weights`` -- the value at c* of the degree-d polynomial fitted by least squares through
+  m > d history points: exact for polynomials of degree <= d, and for m = d + 1 the Lagrange weights. Over
+  long gaps a line fitted through 3 points extrapolates better than the exact line through the last 2: the
+  fit averages out the step-to-step wobble that exact interpolation carries forward (docs/DESIGN.md).
 
 All arithmetic is float64 on Python scalars: a handful of numbers per model call.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import math
 from typing import Sequence
+
+import torch
 
 from .params import MAX_ORDER
 
@@ -58,6 +64,29 @@ def lagrange_weights(coords: Sequence[float], target: float) -> list[float]:
             raise ValueError(f"repeated coordinate {c[j]!r} in history {c!r}")
         w.append(num / den)
     return w
+
+
+def least_squares_weights(coords: Sequence[float], target: float, degree: int) -> list[float]:
+    """Weights w with sum_j w_j y_j = p(target), p the least-squares polynomial of ``degree`` through
+    (coords[j], y_j); the same order as ``coords``. Needs len(coords) > degree distinct coordinates.
+
+    w = e_0^T (V^T V)^-1 V^T with V_ji = u_j^i, u_j = (c_j - target) / scale: the fit is written around the
+    target (so p(target) is the constant coefficient) and scaled to [-1, 1] for conditioning.
+    """
+    c = [float(v) for v in coords]
+    d = int(degree)
+    if d < 0 or len(c) <= d:
+        raise ValueError(f"a degree-{d} fit needs more than {d} points, got {len(c)}")
+    if len(set(c)) < len(c):
+        raise ValueError(f"repeated coordinate in history {c!r}")
+    if len(c) == d + 1:
+        return lagrange_weights(c, target)
+    t = float(target)
+    scale = max(abs(v - t) for v in c) or 1.0
+    u = torch.tensor([(v - t) / scale for v in c], dtype=torch.float64)
+    vander = torch.stack([u ** i for i in range(d + 1)], dim=1)            # (m, d + 1)
+    w = torch.linalg.pinv(vander)[0]                                        # first row of (V^T V)^-1 V^T
+    return [float(x) for x in w]
 
 
 def amplification(weights: Sequence[float]) -> float:

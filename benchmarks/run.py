@@ -84,6 +84,7 @@ class Bench:
         self.patcher, self.digits = trained_models.load(model)     # digits: the model's Kit
         self.spec = self.digits.spec
         self.classes, self.seeds, self.repeats = list(classes), list(seeds), repeats
+        self.seed_base = 1000      # noise seed of class c: seed_base + c (another base = other, unseen noise)
 
     def sample_all(self, model, s: Setting, steps=None):
         """Decoded images (N, H, W) -- video: (N, F, H, W) -- for all classes x seeds, mean forward calls per
@@ -96,7 +97,7 @@ class Bench:
             latent = self.digits.empty_latent(len(self.seeds))
             out = self.harness.sample(m, latent, self.digits.conditioning(c), self.digits.null_conditioning(),
                                       steps=steps or s.steps, cfg=s.cfg, sampler=s.sampler, scheduler=s.scheduler,
-                                      seed=1000 + c)
+                                      seed=self.seed_base + c)
             imgs.append(self.digits.decode_gray(out))
         dt = time.perf_counter() - t0
         return torch.cat(imgs), spy.calls / len(self.classes), dt

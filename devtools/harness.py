@@ -87,15 +87,19 @@ def apply_node(node_cls, model, **inputs):
     return node_cls.execute(model, **{**values, **inputs})[0]
 
 
-# The tests' own schedule: denser than the node's defaults, so that tiny runs of 6-10 steps skip some steps.
-TEST_SCHEDULE = dict(order=2, interval=3, warmup=2)
+# The tests' own schedule: the fixed schedule (speed 0 on the simple node, mode "fixed" on the Advanced node),
+# denser than the node's defaults, so that tiny runs of 6-10 steps skip some steps at known places.
+TEST_SCHEDULE = dict(order=2, interval=3, warmup=2, speed=0.0)
 
 
 def abcache(nodes, model, **inputs):
     """Apply AB-Cache as a graph would: the simple node, or AB-Cache (Advanced) when any of its own inputs is
-    given. Inputs not given: ``TEST_SCHEDULE`` for order/interval/warmup, the node defaults for the rest."""
+    given. Inputs not given: ``TEST_SCHEDULE`` for order/interval/warmup/speed (and mode "fixed" on the Advanced
+    node), the node defaults for the rest."""
     inputs = {**TEST_SCHEDULE, **inputs}
     simple = set(inputs) <= set(TEST_SCHEDULE)
+    if not simple:
+        inputs.setdefault("mode", "fixed")
     return apply_node(nodes.ABCacheNode if simple else nodes.ABCacheAdvancedNode, model, **inputs)
 
 

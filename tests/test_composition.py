@@ -34,7 +34,7 @@ ORDER, INTERVAL, WARMUP = 2, 3, 2     # 10 euler steps: steps 0 1 2 5 8 9 comput
 def _settings(**kw):
     from abcache_core import CacheSettings
 
-    return CacheSettings(**{**dict(order=ORDER, interval=INTERVAL, warmup=WARMUP), **kw})
+    return CacheSettings(**{**dict(mode="fixed", order=ORDER, interval=INTERVAL, warmup=WARMUP), **kw})
 
 
 def _abcache(env, model, order=ORDER, interval=INTERVAL, warmup=WARMUP):

@@ -65,7 +65,7 @@ SCHED = flux_schedule()
 ])
 @pytest.mark.parametrize("order", [2, 3])
 def test_history_never_contains_a_prediction(mode, order, extra):
-    run = CacheRun(CacheSettings(mode=mode, order=order, **extra), SCHED)
+    run = CacheRun(CacheSettings(mode=mode, order=order, extrapolator="output", **extra), SCHED)
     log = {}
     computed = drive(run, SCHED, log=log)
     recorded, predictions = log["recorded"], log.get("predictions", [])
@@ -152,13 +152,15 @@ def test_recorded_tensor_is_not_copied_and_is_freed_after_release():
 
 
 # --------------------------------------------------------------------------- history length
-@pytest.mark.parametrize("mode,order,cap", [
-    ("fixed", 1, 1), ("fixed", 2, 2), ("fixed", 3, 3), ("fixed", 4, 4), ("fixed", 5, 5),
-    ("paper", 2, 2), ("adaptive", 2, 2), ("adaptive", 4, 4),
+@pytest.mark.parametrize("mode,order,cap,extrapolator", [
+    ("fixed", 1, 1, "output"), ("fixed", 2, 2, "output"), ("fixed", 3, 3, "output"), ("fixed", 4, 4, "output"),
+    ("fixed", 5, 5, "output"), ("paper", 2, 2, "auto"), ("adaptive", 2, 2, "output"), ("adaptive", 4, 4, "output"),
+    # the noise-space line goes through fit_points (3) computed steps: that many are kept
+    ("fixed", 1, 3, "auto"), ("fixed", 2, 3, "noise"), ("fixed", 4, 4, "auto"), ("even", 2, 3, "auto"),
 ])
-def test_history_is_capped_at_order(mode, order, cap):
-    extra = dict(tolerance=0.0) if mode == "adaptive" else dict(interval=1)  # compute every step
-    run = CacheRun(CacheSettings(mode=mode, order=order, **extra), SCHED)
+def test_history_is_capped_at_order(mode, order, cap, extrapolator):
+    extra = dict(tolerance=0.0) if mode == "adaptive" else dict(interval=1, speed=1.0)  # compute every step
+    run = CacheRun(CacheSettings(mode=mode, order=order, extrapolator=extrapolator, **extra), SCHED)
     sizes = []
     for s in SCHED[:-1]:
         assert not run.decide(s, ["a", "b"]).skip

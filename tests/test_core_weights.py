@@ -19,6 +19,7 @@ from abcache_core import (
     lagrange_weights,
     paper_weights,
 )
+from abcache_core.weights import least_squares_weights
 
 def adams_bashforth_coefficients(k: int) -> list[Fraction]:
     """Test oracle: b_j = integral_0^1 L_j(s) ds with L_j the Lagrange basis on s = 0, -1, ..., -(k-1) (Appendix A).
@@ -93,6 +94,65 @@ def test_lagrange_is_not_exact_one_degree_higher(case):
     size = 1.0 + sum(abs(wj * c**k) for wj, c in zip(w, nodes))
     assert math.isclose(target**k - pred, expected_err, rel_tol=1e-7, abs_tol=1e-12 * size)
     assert abs(expected_err) > 1e-6
+
+
+# --------------------------------------------------------------------------- least squares: exactness, averaging
+@st.composite
+def fits(draw):
+    """m distinct nodes (separated), a degree d < m, a target, degree-d polynomial coefficients."""
+    m = draw(st.integers(2, MAX_ORDER))
+    d = draw(st.integers(0, m - 1))
+    nodes = draw(st.lists(st.floats(-3.0, 3.0, **finite), min_size=m, max_size=m))
+    s = sorted(nodes)
+    assume(all(b - a >= 0.15 for a, b in zip(s, s[1:])))
+    target = draw(st.floats(-4.0, 4.0, **finite))
+    coeffs = draw(st.lists(st.floats(-2.0, 2.0, **finite), min_size=d + 1, max_size=d + 1))
+    return nodes, d, target, coeffs
+
+
+@settings(max_examples=300, deadline=None)
+@given(fits())
+def test_least_squares_sums_to_one_and_is_exact_for_degree_d(case):
+    nodes, d, target, coeffs = case
+    w = least_squares_weights(nodes, target, d)
+    assert len(w) == len(nodes)
+    scale = 1.0 + amplification(w)
+    assert math.isclose(sum(w), 1.0, rel_tol=0.0, abs_tol=1e-10 * scale)
+    pred = sum(wj * poly(coeffs, c) for wj, c in zip(w, nodes))
+    size = 1.0 + sum(abs(wj * poly(coeffs, c)) for wj, c in zip(w, nodes))
+    assert abs(pred - poly(coeffs, target)) <= 1e-9 * size, (nodes, d, target, coeffs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(fits())
+def test_least_squares_with_d_plus_one_points_is_lagrange_and_more_points_differ(case):
+    nodes, d, target, _ = case
+    assert least_squares_weights(nodes[: d + 1], target, d) == pytest.approx(lagrange_weights(nodes[: d + 1], target))
+    if len(nodes) > d + 1:
+        assume(min(abs(target - c) for c in nodes) > 0.2)
+        # the residual of a non-polynomial set of values is spread, not interpolated: differs from Lagrange
+        w = least_squares_weights(nodes, target, d)
+        lag = lagrange_weights(nodes[: d + 1], target)
+        assert any(abs(a - b) > 1e-6 for a, b in zip(w, lag + [0.0] * (len(nodes) - d - 1)))
+
+
+def test_least_squares_line_through_three_averages_the_wobble():
+    """Values on a line plus an alternating wobble: the fitted line's extrapolation is closer than the exact line
+    through the last two points (why the noise-space rule fits through three)."""
+    nodes = [0.5, 0.6, 0.7]                     # most recent first: sigma falls
+    wobble = [0.01, -0.01, 0.01]
+    vals = [2.0 * c + 1.0 + e for c, e in zip(nodes, wobble)]
+    target, true = 0.3, 2.0 * 0.3 + 1.0
+    lsq = sum(w * v for w, v in zip(least_squares_weights(nodes, target, 1), vals))
+    exact = sum(w * v for w, v in zip(lagrange_weights(nodes[:2], target), vals[:2]))
+    assert abs(lsq - true) < 0.5 * abs(exact - true)
+
+
+def test_least_squares_rejects_bad_fits():
+    with pytest.raises(ValueError):
+        least_squares_weights([0.5, 0.6], 0.3, 2)        # degree 2 needs 3 points
+    with pytest.raises(ValueError):
+        least_squares_weights([0.5, 0.5, 0.6], 0.3, 1)   # repeated node
 
 
 def test_lagrange_target_on_a_node_is_one_hot():

@@ -153,7 +153,7 @@ def test_cache_run_lazy_decisions_and_marks():
 
 def _advanced(env, model, order=2, interval=3, warmup=2, **adv):
     return env.harness.apply_node(env.nodes.ABCacheAdvancedNode, model, order=order, interval=interval,
-                                  warmup=warmup, **adv)
+                                  warmup=warmup, **{"mode": "fixed", **adv})
 
 
 def _sample(env, case, model, steps=10, cfg=2.0, sampler="euler", callback=None):
@@ -177,10 +177,13 @@ def _manual_exposure(env, case, delta):
 def test_advanced_node_inputs_appended_and_optional(env):
     schema = env.nodes.ABCacheAdvancedNode.define_schema()
     ids = [i.id for i in schema.inputs]
-    assert ids[-2:] == ["exposure_delta", "exposure_apply"]
-    assert ids[:-2] == ["model", "order", "interval", "warmup", "mode", "coordinate", "tolerance", "max_skips",
+    assert ids[-4:] == ["exposure_delta", "exposure_apply", "speed", "extrapolator"]   # appended in this order
+    assert ids[:-4] == ["model", "order", "interval", "warmup", "mode", "coordinate", "tolerance", "max_skips",
                         "start_percent", "end_percent", "final_steps", "table", "cache_device", "verbose"]
-    assert all(i.optional for i in schema.inputs[-2:])
+    assert all(i.optional for i in schema.inputs[-4:])
+    simple = [i.id for i in env.nodes.ABCacheNode.define_schema().inputs]
+    assert simple == ["model", "order", "interval", "warmup", "speed"]
+    assert env.nodes.ABCacheNode.define_schema().inputs[-1].optional
     v = env.nodes.ABCacheAdvancedNode.validate_inputs
     assert v(mode="table", table="eb50") is True
     assert "table is empty" in v(mode="table", table="")
@@ -284,7 +287,7 @@ def test_blocks_reuse_skips_the_later_blocks(env, family, cfg):
             counts.clear()
             m = _blocks(env, case.patcher, compute_blocks=1, order=order, mode="fixed", interval=3, warmup=2)
             out = _sample(env, case, m, cfg=cfg, steps=12)
-            computed = sum(plan(CacheSettings(interval=3, warmup=2), 12))        # 0 1 2 5 8 11 -> 6
+            computed = sum(plan(CacheSettings(mode="fixed", interval=3, warmup=2), 12))        # 0 1 2 5 8 11 -> 6
             assert computed == 6
             assert counts[("double_blocks", 0)] == calls == 12                     # the first block: every call
             for key in (("double_blocks", 1), ("single_blocks", 0), ("single_blocks", 1)):

@@ -21,7 +21,7 @@ PLAN = dict(order=1, interval=2, warmup=2, mode="fixed")   # 8 steps: F F F s F 
 def _settings(**kw):
     from abcache_core import CacheSettings
 
-    return CacheSettings(**{**dict(order=1, interval=2, warmup=2), **kw})
+    return CacheSettings(**{**dict(mode="fixed", order=1, interval=2, warmup=2), **kw})
 
 
 def _skipped_steps(steps=STEPS):

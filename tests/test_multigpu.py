@@ -60,7 +60,7 @@ def test_two_devices_follow_the_plan_and_match_one_device(env, order, extra):
     _multigpu()
     name = "flux_dev"
     case = env.tm.build(name, seed=0)
-    settings = CacheSettings(**{**env.harness.TEST_SCHEDULE, **extra})
+    settings = CacheSettings(**{"mode": "fixed", **env.harness.TEST_SCHEDULE, **extra})
 
     def cached(model, **kw):
         return env.harness.abcache(env.nodes, model, **{**extra, **kw})

@@ -48,11 +48,59 @@ def test_identity_and_plan(env, family, sampler):
 
     on, spy_on = _run(env, case, _abcache(env, case.patcher, order=2, interval=3, warmup=2), steps=STEPS,
                       sampler=sampler)
-    expected = _expected(spy_ref, CacheSettings(order=2, interval=3, warmup=2))
+    expected = _expected(spy_ref, CacheSettings(mode="fixed", order=2, interval=3, warmup=2))
     assert spy_on.calls == expected < spy_ref.calls
     assert [(o.shape, o.dtype, o.device) for o in st(on)] == [(r.shape, r.dtype, r.device) for r in st(ref)]
     assert all(torch.isfinite(o).all() for o in st(on))
     assert spy_on.inputs_intact and spy_ref.inputs_intact
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_node_defaults_even_placement_and_noise_space(env, family):
+    """The simple node at its defaults (speed 3: even placement, extrapolator auto): the forward runs on exactly
+    the planned steps (first, last, evenly spread between), outputs are finite, and where the model has a noise
+    map the far skips really use it (output differs from the output-space extrapolator on the same steps)."""
+    from abcache_core import CacheSettings
+
+    case = env.case(family)
+    steps = 12
+    ref, spy_ref = _run(env, case, case.patcher, steps=steps, sampler="euler")
+    m = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher)          # every input at its default
+    on, spy_on = _run(env, case, m, steps=steps, sampler="euler")
+    assert spy_on.calls == _expected(spy_ref, CacheSettings(mode="even", speed=3.0)) == 4 * spy_ref.calls // steps
+    st = env.tm.streams
+    assert all(torch.isfinite(o).all() for o in st(on)) and spy_on.inputs_intact
+    out_space = env.harness.apply_node(env.nodes.ABCacheAdvancedNode, case.patcher, mode="even", speed=3.0,
+                                       extrapolator="output")
+    alt, spy_alt = _run(env, case, out_space, steps=steps, sampler="euler")
+    assert spy_alt.calls == spy_on.calls
+    if family not in ("sd15",):      # eps models: the output is the noise estimate, only the fit differs
+        assert any(not torch.equal(a, b) for a, b in zip(st(on), st(alt))), "the noise space was not used"
+
+
+def test_speed_knob(env, caplog):
+    """speed 1 = every step computed, bit-identical; speed 2 / 3 / 4 at 20 and 28 steps give the computed calls
+    of calls_for_speed; heun decides per step; too few calls for the speed is logged plainly, before sampling."""
+    import logging
+
+    from abcache_core.policy import calls_for_speed
+
+    case = env.case("flux_dev")
+    ref, spy_ref = _run(env, case, case.patcher, steps=10, sampler="euler")
+    same, spy_same = _run(env, case, env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=1.0),
+                          steps=10, sampler="euler")
+    assert torch.equal(ref, same) and spy_same.calls == spy_ref.calls
+    for steps in (20, 28):
+        for speed in (2.0, 3.0, 4.0):
+            m = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=speed)
+            _, spy = _run(env, case, m, steps=steps, sampler="euler")
+            assert spy.calls == calls_for_speed(steps, speed)
+    m = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=3.0)
+    _, spy = _run(env, case, m, steps=20, sampler="heun")
+    assert spy.calls < 2 * 20 - 1 and spy.calls >= 2 * calls_for_speed(20, 3.0) - 1
+    with caplog.at_level(logging.WARNING):
+        _run(env, case, m, steps=8, sampler="euler")
+    assert any("speed 3 at 8 steps leaves 3 model calls" in r.getMessage() for r in caplog.records)
 
 
 def test_known_call_counts(env):
@@ -243,7 +291,7 @@ def test_concurrent_chunks_from_several_threads(env):
             out.append(w._cached_call(active, to, x, lambda: forward_for(u)(x, s), space="raw"))
 
     def run(threaded):
-        spec = w.CacheSpec(CacheSettings(order=2, interval=3, warmup=2))
+        spec = w.CacheSpec(CacheSettings(mode="fixed", order=2, interval=3, warmup=2))
         active = w.ActiveRun(spec, sched, "diffusion_model", flow=True)
         outs = {u: [] for u in uuids}
         if threaded:

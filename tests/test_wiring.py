@@ -12,7 +12,7 @@ import torch
 def _settings(**kw):
     from abcache_core import CacheSettings
 
-    return CacheSettings(**{**dict(order=2, interval=3, warmup=2), **kw})
+    return CacheSettings(**{**dict(mode="fixed", order=2, interval=3, warmup=2), **kw})
 
 
 def _cached(env, model, sink=None, **kw):
@@ -160,8 +160,8 @@ def test_summary_counts_only_finished_calls(env, caplog):
 # ---------------------------------------------------------------------------------------- split sampling
 def test_split_sampling_call_count(env):
     """README's split-sampling numbers: KSamplerAdvanced 0-10 then 10-20 (Wan 2.2's two experts) with the
-    AB-Cache node's defaults spends 12 of 20 calls (two runs, each with its own warm-up and final step);
-    one 20-step run spends 8."""
+    AB-Cache node's defaults (speed 3) spends 3 + 3 of 20 calls (two runs, each with its own first and last step
+    computed); one 20-step run spends 7. The fixed schedule with warm-up 1 (speed 0) on the second: 4 calls."""
     import nodes as comfy_nodes
 
     case = env.case("wan21_t2v")
@@ -175,7 +175,7 @@ def test_split_sampling_call_count(env):
     out = ks.sample(m, "disable", 0, 20, 2.0, "euler", "simple", case.positive(1), case.negative(2), mid, 10, 20,
                     "disable")[0]["samples"]
     assert torch.isfinite(out).all()
-    assert spy_one.calls == 8 and spy.calls == 12
+    assert spy_one.calls == 7 and spy.calls == 6
     # the second sampler with warm-up 1: 6 + 4 calls
     low, spy_low = env.harness.with_spy(env.nodes.ABCacheNode.execute(case.patcher, 2, 4, 1)[0])
     ks.sample(low, "disable", 0, 20, 2.0, "euler", "simple", case.positive(1), case.negative(2), mid, 10, 20, "disable")

@@ -31,6 +31,7 @@ from abcache_core.params import (  # noqa: E402
     ADVANCED_NODE_INPUTS,
     ADVANCED_NODE_OPTIONAL,
     SIMPLE_NODE_INPUTS,
+    SIMPLE_NODE_OPTIONAL,
 )
 
 # --------------------------------------------------------------------------------------------- node schemas
@@ -99,7 +100,8 @@ class Schema:
 
 
 # This pack's nodes: widgets and defaults from the core's parameter table, their one home.
-PACK_NODES = {"ABCache": SIMPLE_NODE_INPUTS, "ABCacheAdvanced": ADVANCED_NODE_INPUTS + ADVANCED_NODE_OPTIONAL}
+PACK_NODES = {"ABCache": SIMPLE_NODE_INPUTS + SIMPLE_NODE_OPTIONAL,
+              "ABCacheAdvanced": ADVANCED_NODE_INPUTS + ADVANCED_NODE_OPTIONAL}
 
 
 def schema(node_type: str) -> Schema:
@@ -302,9 +304,12 @@ SEED = 20250101
 
 
 def cache_plan(steps: int, order: int, interval: int, warmup: int, final_steps: int = 1, mode: str = "fixed",
-               **_ignored) -> str:
-    """One line saying which steps run the model, computed by the same code the node runs."""
-    flags = plan(CacheSettings(mode=mode, order=order, interval=interval, warmup=warmup,
+               speed: float = 0.0, **_ignored) -> str:
+    """One line saying which steps run the model, computed by the same code the node runs (``speed`` > 0: the
+    simple node's even placement)."""
+    if speed > 0:
+        mode = "even"
+    flags = plan(CacheSettings(mode=mode, order=order, interval=interval, warmup=warmup, speed=speed,
                                final_steps=final_steps).validate(), steps)
     computed = [i for i, f in enumerate(flags) if f]
     return (f"With {steps} steps the model runs on steps {', '.join(map(str, computed))} "
@@ -331,17 +336,19 @@ def video_out(wf: Workflow, pos, images, fps: float, prefix: str) -> Node:
 
 
 AB_HOW = ("AB-Cache skips model calls and extrapolates the skipped outputs from the last computed ones "
-          "(Adams-Bashforth / Lagrange weights on the real noise levels). order = how many computed outputs "
-          "each skipped one is extrapolated from; interval = after the warm-up, the model runs on every "
-          "interval-th step; warmup = first steps that always run; the last step always runs.")
-AB_TUNE = ("For more speed raise interval (4, 5); for more fidelity lower it (2) or raise warmup. To compare, "
-           "bypass the AB-Cache node (Ctrl+B): the seed is fixed.")
+          "(Adams-Bashforth / Lagrange weights on the real noise levels). AB-Cache node: speed = how many times "
+          "fewer model calls, evenly spread, first and last step included (speed 0 uses order / interval / "
+          "warm-up instead). Advanced node, fixed mode: order = how many computed outputs each skipped one is "
+          "extrapolated from; interval = after the warm-up, the model runs on every interval-th step; warmup = "
+          "first steps that always run; the last step always runs.")
+AB_TUNE = ("For more speed raise the speed (3, 4) or, in fixed mode, the interval; for more fidelity lower it. "
+           "To compare, bypass the AB-Cache node (Ctrl+B): the seed is fixed.")
 
 
 # ------------------------------------------------------------------------------------------------ workflows
 def flux1_dev_t2i() -> Workflow:
     wf = Workflow("flux1_dev_t2i")
-    steps, ab = 20, dict(order=2, interval=3, warmup=3)
+    steps, ab = 20, dict(order=2, interval=4, warmup=3, speed=2.5)
     unet = wf.add("UNETLoader", (0, 0), size=350, unet_name=Model(
         "flux1-dev.safetensors", "diffusion_models", f"{HF}/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors"))
     clip = wf.add("DualCLIPLoader", (0, 130), size=350, clip_name1=CLIP_L, clip_name2=T5XXL, type="flux")
@@ -361,11 +368,13 @@ def flux1_dev_t2i() -> Workflow:
     wf.add("SaveImage", (1220, 0), size=(560, 600), images=image, filename_prefix="abcache/flux1_dev")
     wf.settings_note(
         (400, 560),
-        f"AB-Cache on FLUX.1 [dev]: order {ab['order']}, interval {ab['interval']}, warmup {ab['warmup']}.",
+        f"AB-Cache on FLUX.1 [dev]: speed {ab['speed']:g} (evenly spread model calls, first and last step "
+        f"included).",
         cache_plan(steps, **ab),
         "FLUX dev is guidance-distilled (cfg 1, no negative pass), so every skipped step saves one full "
-        "forward. Its flow trajectory is smooth, which suits order 2 (linear extrapolation in sigma). "
-        "At 28-50 steps, interval 4 is a good choice.")
+        "forward. Its flow trajectory is smooth: a step right after a computed one extrapolates the output "
+        "linearly in sigma, a step further away the model's noise estimate (fitted through the last computed "
+        "steps and recombined with the current latent). At 28-50 steps speed 3 is a good choice.")
     models_note(wf, (0, 560), "Low on memory: flux1-dev-fp8 weights (weight_dtype fp8_e4m3fn) and "
                               "t5xxl_fp8_e4m3fn.safetensors work the same way.", size=(380, 330))
     return wf
@@ -438,7 +447,7 @@ def _ltxv(name: str, i2v: bool) -> Workflow:
                        cache_device="same", **ab)
     else:
         latent = wf.add("EmptyLTXVLatentVideo", (0, 280), width=768, height=512, length=97)
-        ab = dict(order=2, interval=3, warmup=3)
+        ab = dict(order=2, interval=4, warmup=3, speed=2.5)
         cache = wf.add("ABCache", (870, -150), model=ckpt["MODEL"], **ab)
     conditioning = wf.add("LTXVConditioning", (400, 660 if i2v else 420), positive=pos, negative=neg, frame_rate=25.0)
     sigmas = wf.add("LTXVScheduler", (870, 0), latent=latent, steps=steps, max_shift=2.05, base_shift=0.95,
@@ -454,8 +463,7 @@ def _ltxv(name: str, i2v: bool) -> Workflow:
                 f"{ab['interval']}, warmup {ab['warmup']}, final_steps {ab['final_steps']}. final_steps 2 keeps "
                 f"the last two (lowest-noise) steps exact, where the fine detail is set.")
     else:
-        what = (f"AB-Cache on LTX-Video text-to-video: order {ab['order']}, interval {ab['interval']}, "
-                f"warmup {ab['warmup']}.")
+        what = f"AB-Cache on LTX-Video text-to-video: speed {ab['speed']:g} (evenly spread model calls)."
     wf.settings_note(
         (0, 660 if i2v else 450), what, cache_plan(steps, **ab),
         "With cfg 3 each model call runs the positive and the negative prompt; each is extrapolated from its "
@@ -477,7 +485,7 @@ def ltxv_i2v() -> Workflow:
 
 def wan21_t2v() -> Workflow:
     wf = Workflow("wan21_t2v")
-    steps, ab = 30, dict(order=2, interval=3, warmup=3)
+    steps, ab = 30, dict(order=2, interval=4, warmup=3, speed=3.0)
     unet = wf.add("UNETLoader", (0, 0), size=380, unet_name=Model(
         "wan2.1_t2v_1.3B_fp16.safetensors", "diffusion_models",
         f"{HF}/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors"))
@@ -496,11 +504,11 @@ def wan21_t2v() -> Workflow:
     video_out(wf, (1240, 120), frames, 16.0, "abcache/wan21_t2v")
     wf.settings_note(
         (420, 440),
-        f"AB-Cache on Wan 2.1 text-to-video: order {ab['order']}, interval {ab['interval']}, warmup {ab['warmup']}.",
+        f"AB-Cache on Wan 2.1 text-to-video: speed {ab['speed']:g} (evenly spread model calls).",
         cache_plan(steps, **ab),
         "The cache sits after ModelSamplingSD3 (shift 8), right before the sampler. With cfg 6 the positive "
         "and negative passes are extrapolated separately. uni_pc is a multistep sampler and works unchanged. "
-        "The same settings suit the 14B model; at 50 steps use interval 4.")
+        "The same settings suit the 14B model; at 50 steps speed 3-4.")
     models_note(wf, (0, 560), size=(380, 260))
     return wf
 
@@ -508,7 +516,7 @@ def wan21_t2v() -> Workflow:
 def wan22_a14b_t2v() -> Workflow:
     wf = Workflow("wan22_a14b_t2v")
     steps, switch = 20, 10
-    high_ab, low_ab = dict(order=2, interval=3, warmup=3), dict(order=2, interval=3, warmup=2)
+    high_ab = low_ab = dict(order=2, interval=4, warmup=3, speed=2.0)
     base = f"{HF}/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
     high = wf.add("UNETLoader", (0, 0), size=420, title="Load Diffusion Model (high noise)", unet_name=Model(
         "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "diffusion_models",
@@ -543,13 +551,12 @@ def wan22_a14b_t2v() -> Workflow:
         f"Wan 2.2 A14B is two experts: the high-noise model samples steps 0-{switch}, the low-noise model steps "
         f"{switch}-{steps}. Each model has its OWN AB-Cache node: each KSampler (Advanced) is a separate sampling "
         f"call, so each cache plans only the {steps - switch} steps it runs and never mixes the two models' outputs.",
-        f"High-noise expert: order {high_ab['order']}, interval {high_ab['interval']}, warmup {high_ab['warmup']}. "
-        + cache_plan(steps - switch, **high_ab),
-        f"Low-noise expert: order {low_ab['order']}, interval {low_ab['interval']}, warmup {low_ab['warmup']}. "
-        + cache_plan(steps - switch, **low_ab),
-        "The high-noise expert lays out motion and composition, so it keeps one more warm-up step. With more "
-        "steps per expert (e.g. 40 in all) raise interval to 4. With the 4-step LightX2V LoRAs there is "
-        "nothing left to skip: bypass both AB-Cache nodes.", size=(680, 460))
+        f"High-noise expert: speed {high_ab['speed']:g}. " + cache_plan(steps - switch, **high_ab),
+        f"Low-noise expert: speed {low_ab['speed']:g}. " + cache_plan(steps - switch, **low_ab),
+        "Each expert samples only 10 steps, so each asks for speed 2 (at 3 only 3 of its 10 steps would run, too "
+        "few to beat simply sampling fewer steps). With more steps per expert (e.g. 40 in all) raise the speed "
+        "to 3. With the 4-step LightX2V LoRAs there is nothing left to skip: bypass both AB-Cache nodes.",
+        size=(680, 460))
     models_note(wf, (0, 680), size=(440, 300))
     return wf
 

@@ -33,6 +33,7 @@ import torch
 import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings
+from ...abcache_core.spaces import noise_map
 from .scope import replace_arg
 from .passes import PASS_WRAPPERS, calc_cond_batch_args, pass_tag, tag_passes
 from . import scope
@@ -55,15 +56,18 @@ class CacheSpec:
 class ActiveRun:
     """Per-sampling-call state shared by the wrappers of one run."""
 
-    def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool):
+    def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool, model_space=None):
         self.spec = spec
         self.run = CacheRun(spec.settings, schedule, flow=flow)
         self.level = level                     # "diffusion_model" or "apply_model"
         self.flow = flow                       # CONST (flow) model sampling: the exposure rescale's space
+        # noise maps (abcache_core/spaces.py) of what each level caches: the model's raw output, d = (x - D)/sigma
+        self.spaces = {"raw": model_space, "denoised": noise_map("flow" if flow else "eps")}
         self.lock = threading.Lock()
         self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
         self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
         self.parts: dict = {}                  # uuid -> number of output parts (LTX-2: [video, audio])
+        self.channels: dict = {}               # key -> output channels (the latent part of a concatenated input)
         self.pass_scope = None                 # passes.PassScope of the current sampler evaluation
         self.uncontrolled: set = set()         # noise levels passed on without control (certain skips)
 
@@ -88,7 +92,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
     model, sampling = patcher.model, scope.sampling_of(patcher)
     level = "diffusion_model" if scope.has_diffusion_model_hook(model.diffusion_model) else "apply_model"
-    active = ActiveRun(spec, schedule, level, scope.is_flow(sampling))
+    active = ActiveRun(spec, schedule, level, scope.is_flow(sampling), scope.noise_map_of(sampling))
     scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
     scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
@@ -111,6 +115,7 @@ def _finish(active: ActiveRun) -> None:
     finally:
         run.release()
         active.signatures.clear()
+        active.channels.clear()
 
 
 def calc_cond_batch_wrapper(active: ActiveRun, executor, *args, **kwargs):
@@ -245,7 +250,10 @@ def _plan_call(active: ActiveRun, to: dict, x, space: str, t):
                 for p in range(nparts):       # new resolution/dtype/batch for this cond: start over
                     run.forget(c + (p,))
             keys += [c + (p,) for p in range(nparts)]
-    decision = run.decide(sigma, keys, device=x_parts[0].device)
+    with active.lock:
+        channels = {k: active.channels.get(k) for k in keys}
+    inputs = _inputs_by_key(conds, keys, x_parts, n, channels)
+    decision = run.decide(sigma, keys, device=x_parts[0].device, inputs=inputs, space=active.spaces[space])
     if decision.skip:
         out = _assemble(active, decision.predictions, conds, x_parts, space, t)
         if out is not None:
@@ -256,12 +264,26 @@ def _plan_call(active: ActiveRun, to: dict, x, space: str, t):
     if round(sigma, 12) in active.uncontrolled:
         LOG.warning("AB-Cache: sigma %.4f was planned as extrapolated (its control was not computed) but is "
                     "computed (%s)", sigma, decision.reason)
-    return None, (sigma, decision, conds, x_chunks, sig_in, n)
+    return None, (sigma, decision, conds, x_chunks, sig_in, n, x_parts)
+
+
+def _inputs_by_key(conds, keys, x_parts, n, channels) -> dict:
+    """key (cond, window, pass, part) -> this call's input chunk of that part (for the noise space). Models that
+    concatenate conditioning channels after the latent (image-to-video, inpainting: ComfyUI puts the latent
+    first) get the latent's channels: the first ``channels[key]`` (the output's channel count)."""
+    chunks = [scope.split_batch(p, n) if isinstance(p, torch.Tensor) else None for p in x_parts]
+    out = {}
+    for key in keys:
+        i, p = conds.index(key[:-1]), key[-1]
+        if p < len(chunks) and chunks[p] is not None:
+            x, c = chunks[p][i], channels.get(key)
+            out[key] = x[:, :c] if c is not None and x.ndim >= 2 and x.shape[1] > c else x
+    return out
 
 
 @scope.dynamo_off
 def _record_call(active: ActiveRun, ctx, out, space: str, t) -> None:
-    sigma, decision, conds, x_chunks, sig_in, n = ctx
+    sigma, decision, conds, x_chunks, sig_in, n, x_parts = ctx
     run = active.run
     parts, _ = scope.as_parts(out)
     if parts is not None:
@@ -277,7 +299,11 @@ def _record_call(active: ActiveRun, ctx, out, space: str, t) -> None:
                     if space == "denoised":
                         y = _to_d(x_chunks[i], y, _sig(t, i, n, y))
                     rec[ck + (p,)] = y.detach().clone()
-            run.record(sigma, rec)
+            channels = {k: y.shape[1] if y.ndim >= 2 else None for k, y in rec.items()}
+            with active.lock:
+                active.channels.update(channels)
+            run.record(sigma, rec, inputs=_inputs_by_key(conds, list(rec), x_parts, n, channels),
+                       space=active.spaces[space])
     if active.spec.verbose:
         LOG.info("AB-Cache: sigma %.4f computed (%s)", sigma, decision.reason)
 

@@ -16,6 +16,7 @@ import comfy.model_patcher
 import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings, plan, rescale_denoised
+from ...abcache_core.policy import speed_problem
 
 LOG = logging.getLogger("ab_cache")
 
@@ -60,6 +61,22 @@ def is_flow(model_sampling) -> bool:
     import comfy.model_sampling as ms
 
     return isinstance(model_sampling, ms.CONST)
+
+
+def noise_map_of(model_sampling):
+    """The exact map between the diffusion model's raw output and its noise estimate (abcache_core/spaces.py)
+    for this model sampling, or None where none is known (EDM, x0 prediction, Cosmos: output space only)."""
+    import comfy.model_sampling as ms
+
+    from ...abcache_core.spaces import noise_map
+
+    kinds = [("EDM", None), ("X0", None), ("IMG_TO_IMG_FLOW", None), ("V_PREDICTION_DDPM", "v_ddpm"),
+             ("V_PREDICTION", "v"), ("EPS", "eps"), ("CONST", "flow")]
+    for name, kind in kinds:            # most derived first (EDM and X0 derive from V_PREDICTION and EPS)
+        cls = getattr(ms, name, None)
+        if cls is not None and isinstance(model_sampling, cls):
+            return noise_map(kind, getattr(model_sampling, "sigma_data", 1.0)) if kind else None
+    return None
 
 
 def has_diffusion_model_hook(diffusion_model) -> bool:
@@ -206,6 +223,10 @@ def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int) -> N
         LOG.warning("%s: with %d steps nothing can be skipped (mode %s, warm-up %d, interval %d, final steps "
                     "%d); every step runs the model. Lower the warm-up or interval, or use more steps.",
                     name, steps, settings.mode, settings.warmup, settings.interval, settings.final_steps)
+        return
+    problem = speed_problem(settings, steps)
+    if problem:
+        LOG.warning("%s: %s", name, problem)
 
 
 def apply_model_options(args, kwargs) -> Optional[dict]:

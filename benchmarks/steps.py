@@ -1,0 +1,275 @@
+"""AB-Cache against what a user would pick instead, at everyday step counts, on every trained model.
+
+    python -m benchmarks.steps                  # the table (held-out noise), writes docs/BENCHMARKS.md
+    python -m benchmarks.steps --study          # the extrapolator/placement study on the search noise
+    python -m benchmarks.steps --models flux    # one model; --quick: fewer settings
+
+Models: the trained FLUX (digits), SD 1.5 (VP, epsilon) and Wan 2.1 (video, flow) of devtools/trained_models.py.
+Settings: 20, 28 and 50 steps; euler at cfg > 1 and cfg 1, dpmpp_2m and heun as the sampler being cached.
+Budgets: 1/2 of the model calls (20 and 28 steps), 1/3 (all), 1/4 (50 steps), made by the ``speed`` input
+(2, 3, 4); every row of a budget costs the same model calls (the cached run's count; a method that needs
+more is marked).
+
+Methods at each budget:
+* **AB-Cache (node defaults)**: the simple node with only ``speed`` set: even placement (first and last step,
+  the rest evenly spread, no warm-up) and the ``auto`` extrapolator;
+* ablations: even placement with the output-space extrapolator (``output``), with the noise-space line
+  everywhere (``noise``); and today's rule before this study (fixed: warm-up 3, order 2, every 4th step) at its
+  own call count, against the new defaults at the same count;
+* **fewer steps**: the same sampler, and every multistep sampler ComfyUI has (best reported), with as many
+  steps as the budget allows;
+* **EasyCache** (ComfyUI core), fair (given a copy of its input, which it writes into), threshold bisected to
+  the budget on a probe subset.
+
+Noise: the study picks the rule on the *search* noise (seed base 1000); the table uses *held-out* noise (seed
+base 7000) that no choice ever saw. Metric: PSNR of the decoded frames against the full run of the same sampler
+(mean over images / frames; scikit-image).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+from benchmarks.report import write_section  # noqa: E402
+from benchmarks.run import Bench, Setting, bisect_param  # noqa: E402
+
+SEARCH_SEED_BASE, HELD_OUT_SEED_BASE = 1000, 7000
+CFG = {"flux": 3.0, "sd15": 5.0, "wan": 5.0}
+SCHEDULER = {"flux": "simple", "sd15": "normal", "wan": "simple"}
+MULTISTEP = ("dpmpp_2m", "uni_pc", "uni_pc_bh2", "ipndm", "ipndm_v", "deis", "res_multistep")
+BUDGETS = {2.0: "1/2", 3.0: "1/3", 4.0: "1/4"}
+
+
+def settings_for(model: str, quick: bool = False) -> list[tuple[Setting, tuple[float, ...]]]:
+    """(setting, speeds) pairs: 1/2 and 1/3 at 20 and 28 steps, 1/3 and 1/4 at 50 steps."""
+    cfg, sch = CFG[model], SCHEDULER[model]
+    out = [(Setting("euler", 20, cfg, sch), (2.0, 3.0)), (Setting("euler", 28, cfg, sch), (2.0, 3.0)),
+           (Setting("euler", 50, cfg, sch), (3.0, 4.0))]
+    if quick:
+        return out[:2]
+    out += [(Setting("euler", 28, 1.0, sch), (2.0, 3.0)), (Setting("dpmpp_2m", 20, cfg, sch), (2.0, 3.0)),
+            (Setting("dpmpp_2m", 28, cfg, sch), (2.0, 3.0)), (Setting("heun", 20, cfg, sch), (2.0, 3.0))]
+    return out
+
+
+# The study's candidates: Advanced-node inputs on top of even placement at the budget's speed.
+STUDY = {
+    "output, Lagrange k=2": dict(extrapolator="output", order=2),
+    "output, Lagrange k=3": dict(extrapolator="output", order=3),
+    "noise, line through 2 (Lagrange k=2)": dict(extrapolator="noise", fit_points=2),
+    "noise, LSQ line through 3": dict(extrapolator="noise", fit_points=3),
+    "noise, LSQ line through 4": dict(extrapolator="noise", fit_points=4),
+    "auto, reach > 1 -> noise LSQ 3": dict(extrapolator="auto", long_gap=1.0),
+    "auto, reach > 0 -> noise LSQ 3 (all)": dict(extrapolator="auto", long_gap=0.0),
+}
+
+
+@dataclasses.dataclass
+class SRow:
+    model: str
+    setting: str
+    budget: str
+    method: str
+    calls: float
+    psnr: float
+    note: str = ""
+
+
+class Runner:
+    def __init__(self, model: str, seeds: int, seed_base: int):
+        self.b = Bench(classes=range(10), seeds=range(seeds), repeats=1, model=model)
+        self.b.seed_base = seed_base
+        self.model = model
+        self.probe = Bench.__new__(Bench)
+        self.probe.__dict__.update(self.b.__dict__)
+        self.probe.classes, self.probe.seeds = self.b.classes[::3], self.b.seeds[:1]
+
+    def sample(self, model, s: Setting, steps=None):
+        import torch
+
+        with torch.no_grad():
+            imgs, calls, _ = self.b.sample_all(model, s, steps)
+        return imgs, calls
+
+    def advanced(self, speed: float, **inputs):
+        """AB-Cache in even mode at ``speed`` with ``inputs``: through the Advanced node, or -- for the study's
+        core-only settings (long_gap, fit_points) -- through the same attach function with CacheSettings."""
+        inputs = {"mode": "even", "speed": speed, **inputs}
+        if set(inputs) & {"long_gap", "fit_points"}:
+            import importlib
+
+            from abcache_core import CacheSettings
+
+            integration = importlib.import_module(self.b.nodes.__name__ + ".integration")
+            settings_cls = importlib.import_module(self.b.nodes.__name__.rsplit(".", 1)[0] + ".abcache_core").CacheSettings
+            del CacheSettings
+            return integration.apply_ab_cache(self.b.patcher, settings_cls(**inputs))
+        return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, **inputs)
+
+    def simple(self, **inputs):
+        return self.b.harness.apply_node(self.b.nodes.ABCacheNode, self.b.patcher, **inputs)
+
+    def fewer_steps(self, s: Setting, budget: float, sampler: str):
+        """(images, calls, steps) of ``sampler`` with the most steps whose calls fit ``budget``."""
+        import comfy.samplers
+
+        if sampler not in comfy.samplers.KSampler.SAMPLERS:
+            return None
+        per_step = 2 if sampler in ("heun", "dpm_2") else 1
+        steps = max(1, int(budget // per_step) + (1 if per_step == 2 else 0))
+        while True:
+            alt = Setting(sampler, steps, s.cfg, s.scheduler)
+            with __import__("torch").no_grad():
+                calls = self.probe.sample_all(self.b.patcher, alt)[1]
+            if calls <= budget + 1e-9 or steps == 1:
+                break
+            steps -= 1
+        imgs, calls = self.sample(self.b.patcher, alt)
+        return imgs, calls, steps
+
+    def easycache(self, s: Setting, budget: float):
+        def calls_of(model):
+            import torch
+
+            with torch.no_grad():
+                return self.probe.sample_all(model, s)[1]
+
+        if calls_of(self.b.easycache(3.0)) > budget + 1e-9:
+            return None
+        found = bisect_param(lambda t: self.b.easycache(t), 0.0, 3.0, budget, calls_of, iters=8)
+        if not found:
+            return None
+        imgs, calls = self.sample(self.b.easycache(found[0]), s)
+        return imgs, calls, found[0]
+
+
+def psnr(ref, imgs) -> float:
+    from benchmarks.user_settings import frame_metrics
+
+    return statistics.fmean(frame_metrics(ref, imgs)[0])
+
+
+def run_model(model: str, study: bool, quick: bool, seeds: int) -> list[SRow]:
+    r = Runner(model, seeds, SEARCH_SEED_BASE if study else HELD_OUT_SEED_BASE)
+    rows = []
+    for s, speeds in settings_for(model, quick):
+        t0 = time.perf_counter()
+        ref, full = r.sample(r.b.patcher, s)
+        name = f"{s.name} ({s.scheduler})"
+
+        def add(budget, method, imgs, calls, note=""):
+            rows.append(SRow(model, name, budget, method, calls, psnr(ref, imgs), note))
+
+        for speed in speeds:
+            budget = BUDGETS[speed]
+            imgs, calls = r.sample(r.simple(speed=speed), s)
+            add(budget, "AB-Cache defaults (even, auto)", imgs, calls)
+            cap = calls
+            if study:
+                for label, inputs in STUDY.items():
+                    imgs, c = r.sample(r.advanced(speed, **inputs), s)
+                    add(budget, f"even, {label}", imgs, c)
+                continue
+            for label, inputs in (("even, output (ablation)", dict(extrapolator="output")),
+                                  ("even, noise everywhere (ablation)", dict(extrapolator="noise"))):
+                imgs, c = r.sample(r.advanced(speed, **inputs), s)
+                add(budget, label, imgs, c)
+            for sampler in (s.sampler,) + tuple(m for m in MULTISTEP if m != s.sampler):
+                got = r.fewer_steps(s, cap, sampler)
+                if got:
+                    add(budget, f"fewer steps: {sampler} {got[2]}", got[0], got[1])
+            got = r.easycache(s, cap)
+            if got:
+                add(budget, f"EasyCache (fair, threshold {got[2]:.3f})", got[0], got[1])
+        if not study:
+            # today's rule before this study (fixed, warm-up 3, order 2, every 4th step) against the new
+            # defaults at the same number of calls
+            imgs, calls = r.sample(r.simple(speed=0.0, order=2, interval=4, warmup=3), s)
+            add("old", "before: fixed, warm-up 3, k=2, interval 4", imgs, calls)
+            imgs, c = r.sample(r.simple(speed=s.steps / calls if "heun" not in s.sampler else
+                                        full / calls), s)
+            add("old", "new defaults at the same calls", imgs, c)
+        print(f"{model}: {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
+    return rows
+
+
+def fmt(rows: list[SRow]) -> str:
+    out = ["| model | setting | budget | method | calls | PSNR (dB) |", "|---|---|---|---|---|---|"]
+    for x in rows:
+        out.append(f"| {x.model} | {x.setting} | {x.budget} | {x.method}{' (' + x.note + ')' if x.note else ''} | "
+                   f"{x.calls:.1f} | {x.psnr:.1f} |")
+    return "\n".join(out)
+
+
+def summarize(rows: list[SRow]) -> str:
+    """Per model, setting and budget: defaults vs the best fewer-steps run and fair EasyCache, with the target."""
+    lines = []
+    keys = list(dict.fromkeys((x.model, x.setting, x.budget) for x in rows))
+    for model, setting, budget in keys:
+        rs = [x for x in rows if (x.model, x.setting, x.budget) == (model, setting, budget)]
+        ab = next((x for x in rs if x.method.startswith("AB-Cache defaults")), None)
+        if budget == "old":
+            old = next(x for x in rs if x.method.startswith("before"))
+            new = next(x for x in rs if x.method.startswith("new defaults"))
+            lines.append(f"- {model}, {setting}: new defaults {new.psnr:.1f} dB vs the earlier defaults "
+                         f"{old.psnr:.1f} dB at {old.calls:.0f} calls ({new.psnr - old.psnr:+.1f} dB).")
+            continue
+        few = [x for x in rs if x.method.startswith("fewer steps")]
+        if ab is None or not few:
+            continue
+        best = max(few, key=lambda x: x.psnr)
+        easy = next((x for x in rs if x.method.startswith("EasyCache")), None)
+        margin = ab.psnr - best.psnr
+        target = {"1/2": 10.0, "1/3": 5.0, "1/4": None}[budget]
+        cfg1 = "cfg 1," in setting
+        goal = ""
+        if target is not None and not (budget == "1/2" and cfg1):
+            goal = f" target +{target:.0f} dB: {'met' if margin >= target else 'MISSED'}."
+        extra = f"; fair EasyCache {easy.psnr:.1f} dB" if easy else ""
+        lines.append(f"- {model}, {setting}, {budget} ({ab.calls:.0f} calls): defaults **{ab.psnr:.1f} dB**, best fewer "
+                     f"steps {best.psnr:.1f} dB ({best.method.split(': ')[1]}), {margin:+.1f} dB{extra}.{goal}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", action="store_true", help="the extrapolator study on the search noise")
+    ap.add_argument("--models", nargs="+", default=["flux", "sd15", "wan"])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, default=2, help="noise samples per class")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    from devtools import runtime
+
+    runtime.activate(cpu=True)
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    for model in args.models:
+        rows += run_model(model, args.study, args.quick, args.seeds)
+    table, summary = fmt(rows), summarize(rows)
+    print(table)
+    print(summary)
+    if not args.no_write:
+        section = "steps-study" if args.study else "steps"
+        title = ("Extrapolator study on the search noise (`python -m benchmarks.steps --study`)" if args.study else
+                 "AB-Cache vs fewer steps at 20-50 steps, every trained model (`python -m benchmarks.steps`)")
+        noise = "search noise (seed base 1000)" if args.study else "held-out noise (seed base 7000, never used to choose)"
+        head = (f"ComfyUI {runtime.comfyui_version()}, CPU. 10 classes x {args.seeds} samples per setting, "
+                f"{noise}. PSNR of the decoded frames against the full run of the same sampler. Budgets are set by "
+                f"the node's `speed` (2, 3, 4); every row of a budget costs at most the AB-Cache row's calls.")
+        write_section(section, title, head + "\n\n" + summary + "\n\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
