@@ -22,7 +22,7 @@ MODES = ("fixed", "adaptive", "table", "paper", "even")   # append only: saved w
 COORDINATES = ("auto", "sigma", "lambda", "step")
 CACHE_DEVICES = ("same", "cpu")
 EXPOSURE_APPLY = ("extrapolated", "all")
-EXTRAPOLATORS = ("auto", "output", "noise")
+EXTRAPOLATORS = ("noise", "output", "noise_lsq")
 EB_CACHE_DELTA = 0.965     # EB-Cache's published δ (DiT-XL/2, 50 DDPM steps, cfg 1.5)
 
 
@@ -122,15 +122,15 @@ _TABLE = (
         "How many times fewer model calls to make: 3 = one call in three (about 3x faster), evenly spread over "
         "the steps, first and last step included. 0 = use order/interval/warm-up as set (the fixed schedule of "
         "earlier versions).")),
-    Param("extrapolator", "choice", "auto", choices=EXTRAPOLATORS, tooltip=(
-        "How a skipped step is predicted. auto: from how far it lies beyond the last computed step -- near: the "
-        "model output extrapolated with 'order' points; far: the model's noise estimate fitted by a least-squares "
-        "line through the last computed steps and recombined with the current latent. output: always the "
-        "model output (earlier versions). noise: always the noise estimate.")),
+    Param("extrapolator", "choice", "noise", choices=EXTRAPOLATORS, tooltip=(
+        "What a skipped step is extrapolated from. noise: the model's noise estimate at the last computed steps, "
+        "recombined with the skipped step's own latent (the model output where no exact map exists: EDM, x0). "
+        "output: the raw model output (the paper's rule; earlier versions). noise_lsq: noise, but a step more "
+        "than two steps beyond the last computed one uses a least-squares line through the last three.")),
     # Core-only settings and guards, not shown in any node.
     Param("long_gap", "float", 2.0, min=0.0, tooltip=(
-        "extrapolator auto: a skipped step further than this many steps beyond the last computed one uses the "
-        "noise estimate and the least-squares fit.")),
+        "extrapolator noise_lsq: a skipped step further than this many steps beyond the last computed one uses "
+        "the least-squares line.")),
     Param("fit_points", "int", 3, min=2, max=MAX_ORDER, tooltip=(
         "Computed steps the least-squares line is fitted through.")),
     Param("max_amplification", "float", 8.0, min=1.0, tooltip=(

@@ -60,8 +60,8 @@ class CacheSettings:
     exposure_delta: float = _field("exposure_delta")  # EB-Cache exposure-bias compensation (1 = off)
     exposure_apply: str = _field("exposure_apply")    # extrapolated | all
     speed: float = _field("speed")               # even: total calls / computed calls asked for
-    extrapolator: str = _field("extrapolator")   # auto | output | noise (see extrapolation_rule)
-    long_gap: float = _field("long_gap")         # auto: reach (in steps) beyond which the noise fit is used
+    extrapolator: str = _field("extrapolator")   # noise | output | noise_lsq (see extrapolation_rule)
+    long_gap: float = _field("long_gap")         # noise_lsq: reach (in steps) beyond which the line is fitted
     fit_points: int = _field("fit_points")       # computed steps the least-squares line goes through
 
     def resolved(self, flow: bool) -> "CacheSettings":
@@ -303,16 +303,20 @@ def extrapolation_rule(settings: CacheSettings, reach: float) -> tuple[str, str]
     """(space, fit) for a skipped call ``reach`` steps beyond the last computed one.
 
     space: ``output`` (the model's output) or ``noise`` (its noise estimate, recombined with the current
-    input; abcache_core/spaces.py). fit: ``lagrange`` (exact through ``order`` points) or ``lsq`` (a
-    least-squares line through ``fit_points`` points). ``auto``: near (reach <= long_gap) the output with
-    Lagrange, far the noise estimate with the line (docs/DESIGN.md, "Extrapolator by gap"). The paper mode
-    keeps its own rule (binomial weights on the output).
+    input; abcache_core/spaces.py; the output is used where the model has no noise map). fit: ``lagrange``
+    (exact through ``order`` points) or ``lsq`` (a least-squares line through ``fit_points`` points).
+
+    * ``noise``:     the noise estimate, Lagrange (the default: docs/BENCHMARKS.md, "steps-study");
+    * ``output``:    the output, Lagrange (the paper's rule on the real grid; earlier versions);
+    * ``noise_lsq``: the noise estimate; Lagrange up to ``long_gap`` steps beyond the last computed step, the
+                     least-squares line beyond (docs/DESIGN.md, "Placement and extrapolator by gap").
+    The paper mode keeps its own rule (binomial weights on the output).
     """
     if settings.mode == "paper" or settings.extrapolator == "output":
         return "output", "lagrange"
-    if settings.extrapolator == "noise" or reach > settings.long_gap + 1e-6:
+    if settings.extrapolator == "noise_lsq" and reach > settings.long_gap + 1e-6:
         return "noise", "lsq"
-    return "output", "lagrange"
+    return "noise", "lagrange"
 
 
 def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[bool]:

@@ -103,7 +103,7 @@ class CacheRun:
         self._hist: dict[Hashable, deque] = {}
         st = self.settings
         self._maxlen = max(st.order, 2 if decided_at_call_time(st.mode) else 1,
-                           st.fit_points if st.extrapolator != "output" and st.mode != "paper" else 1)
+                           st.fit_points if st.extrapolator == "noise_lsq" and st.mode != "paper" else 1)
         self._lock = threading.RLock()
         self._decided: dict[float, bool] = {}   # sigma -> computed? (one decision per noise level)
         self._acc = 0.0                         # adaptive: accumulated error since the last compute
@@ -293,7 +293,7 @@ class CacheRun:
         if here is not None:
             space, fit = extrapolation_rule(s, here.pos - entries[0].pos)
             if space == "noise":
-                out = self._predict_noise(entries, target, device, here)
+                out = self._predict_noise(entries, target, device, here, fit)
         if out is None:
             w, k = self._guarded(lambda m: lagrange_weights([e.coord for e in entries[:m]], target), k)
             if w is None:
@@ -322,13 +322,15 @@ class CacheRun:
             k -= 1
         return None, 0
 
-    def _predict_noise(self, entries: list, target: float, device, here: "Here") -> Optional[torch.Tensor]:
-        """The output recombined from the noise estimate: a least-squares line through the last fit_points
-        noise estimates, evaluated at ``target``, turned back into an output with the current input. None when
-        the history has no noise estimates, the input is missing or the map cannot recombine at this sigma."""
+    def _predict_noise(self, entries: list, target: float, device, here: "Here", fit: str) -> Optional[torch.Tensor]:
+        """The output recombined from the noise estimate: the last noise estimates extrapolated to ``target``
+        (fit ``lagrange``: exact through ``order`` points; ``lsq``: a least-squares line through ``fit_points``),
+        turned back into an output with the current input. None when the history has no noise estimates, the
+        input is missing or the map cannot recombine at this sigma."""
         space, x = here.space, here.x
+        points = self.settings.order if fit == "lagrange" else self.settings.fit_points
         noisy = []
-        for e in entries[: self.settings.fit_points]:
+        for e in entries[:points]:
             if e.eps is None:
                 break
             noisy.append(e)
@@ -339,7 +341,7 @@ class CacheRun:
 
         def weights(m):
             cs = [e.coord for e in noisy[:m]]
-            return least_squares_weights(cs, target, min(1, m - 1))
+            return lagrange_weights(cs, target) if fit == "lagrange" else least_squares_weights(cs, target, min(1, m - 1))
 
         w, m = self._guarded(weights, len(noisy))
         if w is None:

@@ -104,9 +104,9 @@ class Bench:
 
     # -------------------------------------------------------------------------------- method factories
     def ab(self, order, interval, warmup, **inputs):
-        """AB-Cache (Advanced) with these inputs; the rest at the node's defaults."""
+        """AB-Cache (Advanced) with these inputs (mode fixed unless given); the rest at the node's defaults."""
         return self.harness.apply_node(self.nodes.ABCacheAdvancedNode, self.patcher, order=order, interval=interval,
-                                       warmup=warmup, **inputs)
+                                       warmup=warmup, **{"mode": "fixed", **inputs})
 
     def blocks(self, order=1, table="eb50", delta=1.0):
         """EB-Cache-style block-level caching (nodes/blocks.py): first block always, the rest per table."""
@@ -191,6 +191,9 @@ def run_setting(b: Bench, s: Setting, quick: bool) -> list[Row]:
             if found:
                 candidates.append((bname, f"AB-Cache adaptive k={k}, max skips {skips} (tol {found[0]:.4f})",
                                    b.ab(k, 4, 3, mode="adaptive", tolerance=found[0], max_skips=skips), None))
+    for speed in (3.0, 4.0):     # the node's defaults (speed 3) and speed 4: even placement, auto extrapolator
+        simple = b.harness.apply_node(b.nodes.ABCacheNode, b.patcher, speed=speed)
+        candidates.append(("fixed", f"AB-Cache node, speed {speed:g} (even, auto)", simple, None))
     for order in (2, 3):
         candidates.append(("paper", f"AB-Cache paper schedule k={order}", b.ab(order, 6, 5, mode="paper", final_steps=0), None))
     grid = [(2, 3), (2, 4), (3, 4), (2, 5), (3, 5), (2, 6), (3, 6)]

@@ -12,10 +12,10 @@ more is marked).
 
 Methods at each budget:
 * **AB-Cache (node defaults)**: the simple node with only ``speed`` set: even placement (first and last step,
-  the rest evenly spread, no warm-up) and the ``auto`` extrapolator;
-* ablations: even placement with the output-space extrapolator (``output``), with the noise-space line
-  everywhere (``noise``); and today's rule before this study (fixed: warm-up 3, order 2, every 4th step) at its
-  own call count, against the new defaults at the same count;
+  the rest evenly spread, no warm-up) and the ``noise`` extrapolator (the noise estimate, order 2);
+* ablation: the same steps with the ``output`` extrapolator (the raw output, the paper's rule); and the rule
+  before this study (fixed: warm-up 3, order 2, every 4th step, output) at its own call count, against the
+  new defaults at the same count;
 * **fewer steps**: the same sampler, and every multistep sampler ComfyUI has (best reported), with as many
   steps as the budget allows;
 * **EasyCache** (ComfyUI core), fair (given a copy of its input, which it writes into), threshold bisected to
@@ -44,7 +44,7 @@ from benchmarks.run import Bench, Setting, bisect_param  # noqa: E402
 SEARCH_SEED_BASE, HELD_OUT_SEED_BASE = 1000, 7000
 CFG = {"flux": 3.0, "sd15": 5.0, "wan": 5.0}
 SCHEDULER = {"flux": "simple", "sd15": "normal", "wan": "simple"}
-MULTISTEP = ("dpmpp_2m", "uni_pc", "uni_pc_bh2", "ipndm", "ipndm_v", "deis", "res_multistep")
+MULTISTEP = ("dpmpp_2m", "uni_pc", "ipndm", "deis", "res_multistep")
 BUDGETS = {2.0: "1/2", 3.0: "1/3", 4.0: "1/4"}
 
 
@@ -63,13 +63,13 @@ def settings_for(model: str, quick: bool = False) -> list[tuple[Setting, tuple[f
 # The study's candidates: Advanced-node inputs on top of even placement at the budget's speed.
 STUDY = {
     "output, Lagrange k=2": dict(extrapolator="output", order=2),
-    "output, Lagrange k=3": dict(extrapolator="output", order=3),
-    "noise, line through 2 (Lagrange k=2)": dict(extrapolator="noise", fit_points=2),
-    "noise, LSQ line through 3": dict(extrapolator="noise", fit_points=3),
-    "noise, LSQ line through 4": dict(extrapolator="noise", fit_points=4),
-    "auto, reach > 1 -> noise LSQ 3": dict(extrapolator="auto", long_gap=1.0),
-    "auto, reach > 0 -> noise LSQ 3 (all)": dict(extrapolator="auto", long_gap=0.0),
+    "noise, Lagrange k=2": dict(extrapolator="noise", order=2),
+    "noise, Lagrange k=3": dict(extrapolator="noise", order=3),
+    "noise_lsq: noise k=2, reach > 2 -> LSQ line through 3": dict(extrapolator="noise_lsq", order=2, long_gap=2.0,
+                                                                  fit_points=3),
 }
+# The study's settings (the table adds heun and dpmpp_2m at 20 steps).
+STUDY_SETTINGS = ((0, 1, 2, 3, 5))
 
 
 @dataclasses.dataclass
@@ -109,30 +109,22 @@ class Runner:
             from abcache_core import CacheSettings
 
             integration = importlib.import_module(self.b.nodes.__name__ + ".integration")
-            settings_cls = importlib.import_module(self.b.nodes.__name__.rsplit(".", 1)[0] + ".abcache_core").CacheSettings
-            del CacheSettings
-            return integration.apply_ab_cache(self.b.patcher, settings_cls(**inputs))
+            return integration.apply_ab_cache(self.b.patcher, CacheSettings(**inputs))
         return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, **inputs)
 
     def simple(self, **inputs):
         return self.b.harness.apply_node(self.b.nodes.ABCacheNode, self.b.patcher, **inputs)
 
     def fewer_steps(self, s: Setting, budget: float, sampler: str):
-        """(images, calls, steps) of ``sampler`` with the most steps whose calls fit ``budget``."""
+        """(images, calls, steps) of ``sampler`` with the most steps whose model calls fit ``budget``: one call
+        per step, two for heun / dpm_2 (their last step makes one: 2 n - 1 calls)."""
         import comfy.samplers
 
         if sampler not in comfy.samplers.KSampler.SAMPLERS:
             return None
-        per_step = 2 if sampler in ("heun", "dpm_2") else 1
-        steps = max(1, int(budget // per_step) + (1 if per_step == 2 else 0))
-        while True:
-            alt = Setting(sampler, steps, s.cfg, s.scheduler)
-            with __import__("torch").no_grad():
-                calls = self.probe.sample_all(self.b.patcher, alt)[1]
-            if calls <= budget + 1e-9 or steps == 1:
-                break
-            steps -= 1
-        imgs, calls = self.sample(self.b.patcher, alt)
+        two = sampler in ("heun", "dpm_2")
+        steps = max(1, int((budget + 1) // 2) if two else int(budget + 1e-9))
+        imgs, calls = self.sample(self.b.patcher, Setting(sampler, steps, s.cfg, s.scheduler))
         return imgs, calls, steps
 
     def easycache(self, s: Setting, budget: float):
@@ -144,7 +136,7 @@ class Runner:
 
         if calls_of(self.b.easycache(3.0)) > budget + 1e-9:
             return None
-        found = bisect_param(lambda t: self.b.easycache(t), 0.0, 3.0, budget, calls_of, iters=8)
+        found = bisect_param(lambda t: self.b.easycache(t), 0.0, 3.0, budget, calls_of, iters=7)
         if not found:
             return None
         imgs, calls = self.sample(self.b.easycache(found[0]), s)
@@ -160,28 +152,30 @@ def psnr(ref, imgs) -> float:
 def run_model(model: str, study: bool, quick: bool, seeds: int) -> list[SRow]:
     r = Runner(model, seeds, SEARCH_SEED_BASE if study else HELD_OUT_SEED_BASE)
     rows = []
-    for s, speeds in settings_for(model, quick):
+    chosen = settings_for(model, quick)
+    if study and not quick:
+        chosen = [chosen[i] for i in STUDY_SETTINGS]
+    for s, speeds in chosen:
         t0 = time.perf_counter()
         ref, full = r.sample(r.b.patcher, s)
         name = f"{s.name} ({s.scheduler})"
 
         def add(budget, method, imgs, calls, note=""):
             rows.append(SRow(model, name, budget, method, calls, psnr(ref, imgs), note))
+            print(fmt(rows[-1:]).splitlines()[-1], flush=True)     # as it goes: a long run keeps what it measured
 
         for speed in speeds:
             budget = BUDGETS[speed]
-            imgs, calls = r.sample(r.simple(speed=speed), s)
-            add(budget, "AB-Cache defaults (even, auto)", imgs, calls)
-            cap = calls
             if study:
                 for label, inputs in STUDY.items():
                     imgs, c = r.sample(r.advanced(speed, **inputs), s)
                     add(budget, f"even, {label}", imgs, c)
                 continue
-            for label, inputs in (("even, output (ablation)", dict(extrapolator="output")),
-                                  ("even, noise everywhere (ablation)", dict(extrapolator="noise"))):
-                imgs, c = r.sample(r.advanced(speed, **inputs), s)
-                add(budget, label, imgs, c)
+            imgs, calls = r.sample(r.simple(speed=speed), s)
+            add(budget, "AB-Cache defaults (even, noise)", imgs, calls)
+            cap = calls
+            imgs, c = r.sample(r.advanced(speed, extrapolator="output"), s)
+            add(budget, "even, output (ablation)", imgs, c)
             for sampler in (s.sampler,) + tuple(m for m in MULTISTEP if m != s.sampler):
                 got = r.fewer_steps(s, cap, sampler)
                 if got:
@@ -192,8 +186,10 @@ def run_model(model: str, study: bool, quick: bool, seeds: int) -> list[SRow]:
         if not study:
             # today's rule before this study (fixed, warm-up 3, order 2, every 4th step) against the new
             # defaults at the same number of calls
-            imgs, calls = r.sample(r.simple(speed=0.0, order=2, interval=4, warmup=3), s)
-            add("old", "before: fixed, warm-up 3, k=2, interval 4", imgs, calls)
+            before = r.b.harness.apply_node(r.b.nodes.ABCacheAdvancedNode, r.b.patcher, mode="fixed", order=2,
+                                            interval=4, warmup=3, extrapolator="output")
+            imgs, calls = r.sample(before, s)
+            add("old", "before: fixed, warm-up 3, k=2, interval 4, output", imgs, calls)
             imgs, c = r.sample(r.simple(speed=s.steps / calls if "heun" not in s.sampler else
                                         full / calls), s)
             add("old", "new defaults at the same calls", imgs, c)
@@ -244,31 +240,78 @@ def main(argv=None) -> int:
     ap.add_argument("--study", action="store_true", help="the extrapolator study on the search noise")
     ap.add_argument("--models", nargs="+", default=["flux", "sd15", "wan"])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--seeds", type=int, default=2, help="noise samples per class")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="noise samples per class (default: 2 for the study, 1 for the table)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--from-log", nargs="+", metavar="LOG",
+                    help="write the section from the table rows these runs printed (runs split over processes)")
     args = ap.parse_args(argv)
+    if args.from_log:
+        rows = [row for path in args.from_log for row in rows_from_text(Path(path).read_text())]
+        write(rows, args.study, seeds=None)
+        return 0
     from devtools import runtime
 
     runtime.activate(cpu=True)
     import torch
 
     torch.set_num_threads(1)
+    if args.seeds is None:
+        args.seeds = 2 if args.study else 1
     rows = []
     for model in args.models:
         rows += run_model(model, args.study, args.quick, args.seeds)
-    table, summary = fmt(rows), summarize(rows)
-    print(table)
-    print(summary)
+    print(fmt(rows))
+    print(summarize(rows))
     if not args.no_write:
-        section = "steps-study" if args.study else "steps"
-        title = ("Extrapolator study on the search noise (`python -m benchmarks.steps --study`)" if args.study else
-                 "AB-Cache vs fewer steps at 20-50 steps, every trained model (`python -m benchmarks.steps`)")
-        noise = "search noise (seed base 1000)" if args.study else "held-out noise (seed base 7000, never used to choose)"
-        head = (f"ComfyUI {runtime.comfyui_version()}, CPU. 10 classes x {args.seeds} samples per setting, "
-                f"{noise}. PSNR of the decoded frames against the full run of the same sampler. Budgets are set by "
-                f"the node's `speed` (2, 3, 4); every row of a budget costs at most the AB-Cache row's calls.")
-        write_section(section, title, head + "\n\n" + summary + "\n\n" + table)
+        write(rows, args.study, args.seeds)
     return 0
+
+
+def rows_from_text(text: str) -> list[SRow]:
+    """The rows of a table printed by fmt (header and separator lines skipped)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 6 or cells[0] in ("model", "---"):
+            continue
+        rows.append(SRow(cells[0], cells[1], cells[2], cells[3], float(cells[4]), float(cells[5])))
+    return rows
+
+
+def summarize_study(rows: list[SRow]) -> str:
+    """Each candidate against the default rule (noise, Lagrange k=2) on the same steps: mean and range of the
+    PSNR difference over every model, setting and budget, and how often it is better by more than 0.2 dB."""
+    base_name = next(n for n in STUDY if n.startswith("noise, Lagrange k=2"))
+    base = {(x.model, x.setting, x.budget): x.psnr for x in rows if x.method == f"even, {base_name}"}
+    lines = [f"Against **{base_name}** (the default) on the same computed steps, over {len(base)} model x setting x "
+             f"budget points:"]
+    for name in STUDY:
+        if name == base_name:
+            continue
+        d = [x.psnr - base[(x.model, x.setting, x.budget)] for x in rows
+             if x.method == f"even, {name}" and (x.model, x.setting, x.budget) in base]
+        if d:
+            wins = sum(v > 0.2 for v in d)
+            lines.append(f"- {name}: {statistics.fmean(d):+.1f} dB on average (from {min(d):+.1f} to {max(d):+.1f}); "
+                         f"better by > 0.2 dB at {wins} of {len(d)} points.")
+    return "\n".join(lines)
+
+
+def write(rows: list[SRow], study: bool, seeds) -> None:
+    """The study's or the table's section of docs/BENCHMARKS.md."""
+    from devtools import runtime
+
+    seeds = seeds if seeds is not None else (2 if study else 1)
+    section = "steps-study" if study else "steps"
+    title = ("Extrapolator study on the search noise (`python -m benchmarks.steps --study`)" if study else
+             "AB-Cache vs fewer steps at 20-50 steps, every trained model (`python -m benchmarks.steps`)")
+    noise = "search noise (seed base 1000)" if study else "held-out noise (seed base 7000, never used to choose)"
+    head = (f"ComfyUI {runtime.comfyui_version()}, CPU. 10 classes x {seeds} samples per setting, {noise}. PSNR of "
+            f"the decoded frames against the full run of the same sampler. Budgets are set by the node's `speed` "
+            f"(2, 3, 4): 1/2, 1/3, 1/4 of the calls; every row of a budget costs at most the AB-Cache row's calls.")
+    summary = summarize_study(rows) if study else summarize(rows)
+    write_section(section, title, head + "\n\n" + summary + "\n\n" + fmt(rows))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ Settings: SD 1.5 -- euler (normal schedule), dpmpp_2m (karras) and ddim (ddim_un
 cfg 1 and cfg 5; Wan -- euler (simple schedule, shift 8 from the model config) at 20, 30 and 50 steps, cfg 5.
 For each setting every method samples the same classes and seeds; the reference is the full-compute run.
 
-Methods, all at the model-call budget of the AB-Cache node's defaults (order 2, interval 4, warm-up 3, last
-step computed), so every row costs the same number of model calls (or is marked as over budget):
-* AB-Cache defaults (the plain node), and the Advanced node with order 3 and with order 1 (plain reuse of
-  the last output on the same computed steps: what extrapolation adds);
+Methods, all at the model-call budget of the AB-Cache node's defaults (speed 3: first and last step and evenly
+spread steps between), so every row costs the same number of model calls (or is marked as over budget):
+* AB-Cache defaults (the plain node), and on the same computed steps the output extrapolated with order 3 and
+  with order 1 (plain reuse of the last output: what extrapolation adds);
 * fewer steps -- euler, and ComfyUI's multistep samplers (dpmpp_2m, uni_pc, ipndm, deis, res_multistep;
   the best one is reported) with as many steps as the budget allows, same scheduler;
 * EasyCache (ComfyUI core), fair: given a copy of its input (it adds into its input in place), threshold
@@ -37,7 +37,7 @@ SETTINGS = {
     "wan": [Setting("euler", steps, 5.0, "simple") for steps in (20, 30, 50)],
 }
 MULTISTEP = ("dpmpp_2m", "uni_pc", "ipndm", "deis", "res_multistep")
-DEFAULTS = defaults("order", "interval", "warmup")   # the AB-Cache node's defaults (core parameter table)
+DEFAULTS = defaults("order", "interval", "warmup", "speed")   # the AB-Cache node's defaults (core parameter table)
 TITLES = {
     "sd15": "Fidelity at users' settings: trained SD 1.5 U-Net (VP, epsilon) (`python -m benchmarks.run --model sd15`)",
     "wan": "Fidelity at users' settings: trained Wan 2.1 video model (`python -m benchmarks.run --model wan`)",
@@ -108,9 +108,10 @@ def run_setting(b: Bench, s: Setting, probe: Bench) -> list[URow]:
     rows = [make_row(b, s, "full compute (reference)", ref, ref, full_calls)]
     ab = b.harness.apply_node(b.nodes.ABCacheNode, b.patcher)
     imgs, budget, _ = b.sample_all(ab, s)
-    rows.append(make_row(b, s, "AB-Cache defaults (k=2, interval 4, warm-up 3)", ref, imgs, budget))
-    for k, label in ((3, "AB-Cache k=3, same schedule"), (1, "reuse k=1, same schedule (no extrapolation)")):
-        imgs, calls, _ = b.sample_all(b.ab(k, DEFAULTS["interval"], DEFAULTS["warmup"]), s)
+    rows.append(make_row(b, s, f"AB-Cache defaults (speed {DEFAULTS['speed']:g})", ref, imgs, budget))
+    for k, label in ((3, "AB-Cache output k=3, same steps"), (1, "reuse k=1, same steps (no extrapolation)")):
+        imgs, calls, _ = b.sample_all(b.ab(k, DEFAULTS["interval"], DEFAULTS["warmup"], mode="even",
+                                           extrapolator="output"), s)
         rows.append(make_row(b, s, label, ref, imgs, calls))
 
     per_step = full_calls / s.steps

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from ..abcache_core import NODE_MAX_ORDER, CacheSettings
+from ..abcache_core import NODE_MAX_ORDER, CacheSettings, default
 from ..abcache_core.params import (ADVANCED_NODE_INPUTS, ADVANCED_NODE_OPTIONAL, SIMPLE_NODE_INPUTS,
                                    SIMPLE_NODE_OPTIONAL, WHEN_ABSENT)
 from ..abcache_core.policy import check_values
@@ -60,10 +60,14 @@ class ABCacheNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, order, interval, warmup, speed=None) -> io.NodeOutput:
-        speed = WHEN_ABSENT["speed"] if speed is None else speed
+        # speed left out (a prompt from before it existed): that prompt's behaviour, bit-identical (WHEN_ABSENT);
+        # speed 0 chosen: the fixed schedule with today's extrapolator
+        absent = speed is None
+        speed = WHEN_ABSENT["speed"] if absent else speed
         mode = "even" if isinstance(speed, (int, float)) and not isinstance(speed, bool) and speed > 0 else "fixed"
         settings = settings_from_inputs(SIMPLE | SIMPLE_OPTIONAL, mode=mode, order=order, interval=interval,
-                                        warmup=warmup, speed=speed)
+                                        warmup=warmup, speed=speed,
+                                        extrapolator=WHEN_ABSENT["extrapolator"] if absent else default("extrapolator"))
         return io.NodeOutput(apply_ab_cache(model, settings, sink=TelemetrySink()))
 
 

@@ -154,9 +154,9 @@ def test_recorded_tensor_is_not_copied_and_is_freed_after_release():
 # --------------------------------------------------------------------------- history length
 @pytest.mark.parametrize("mode,order,cap,extrapolator", [
     ("fixed", 1, 1, "output"), ("fixed", 2, 2, "output"), ("fixed", 3, 3, "output"), ("fixed", 4, 4, "output"),
-    ("fixed", 5, 5, "output"), ("paper", 2, 2, "auto"), ("adaptive", 2, 2, "output"), ("adaptive", 4, 4, "output"),
-    # the noise-space line goes through fit_points (3) computed steps: that many are kept
-    ("fixed", 1, 3, "auto"), ("fixed", 2, 3, "noise"), ("fixed", 4, 4, "auto"), ("even", 2, 3, "auto"),
+    ("fixed", 5, 5, "output"), ("paper", 2, 2, "noise"), ("adaptive", 2, 2, "output"), ("adaptive", 4, 4, "output"),
+    # noise_lsq's line goes through fit_points (3) computed steps: that many are kept; noise keeps `order`
+    ("fixed", 1, 3, "noise_lsq"), ("fixed", 2, 2, "noise"), ("fixed", 4, 4, "noise"), ("even", 2, 3, "noise_lsq"),
 ])
 def test_history_is_capped_at_order(mode, order, cap, extrapolator):
     extra = dict(tolerance=0.0) if mode == "adaptive" else dict(interval=1, speed=1.0)  # compute every step

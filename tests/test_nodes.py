@@ -57,7 +57,7 @@ def test_identity_and_plan(env, family, sampler):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_node_defaults_even_placement_and_noise_space(env, family):
-    """The simple node at its defaults (speed 3: even placement, extrapolator auto): the forward runs on exactly
+    """The simple node at its defaults (speed 3: even placement, extrapolator noise): the forward runs on exactly
     the planned steps (first, last, evenly spread between), outputs are finite, and where the model has a noise
     map the far skips really use it (output differs from the output-space extrapolator on the same steps)."""
     from abcache_core import CacheSettings
@@ -76,6 +76,22 @@ def test_node_defaults_even_placement_and_noise_space(env, family):
     assert spy_alt.calls == spy_on.calls
     if family not in ("sd15",):      # eps models: the output is the noise estimate, only the fit differs
         assert any(not torch.equal(a, b) for a, b in zip(st(on), st(alt))), "the noise space was not used"
+
+
+def test_prompt_without_speed_samples_as_before(env):
+    """A prompt written before `speed` existed (simple node with order/interval/warmup only) runs the fixed
+    schedule with the raw-output extrapolator, bit-identical to the Advanced node set that way; speed 0 chosen
+    in the UI keeps the fixed schedule but extrapolates the noise estimate (same calls, other values)."""
+    case = env.case("flux_dev")
+    legacy = env.nodes.ABCacheNode.execute(case.patcher, 2, 3, 2)[0]
+    same = env.harness.apply_node(env.nodes.ABCacheAdvancedNode, case.patcher, mode="fixed", order=2, interval=3,
+                                  warmup=2, extrapolator="output")
+    zero = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, order=2, interval=3, warmup=2, speed=0.0)
+    a, spy_a = _run(env, case, legacy, steps=12, sampler="euler")
+    b, spy_b = _run(env, case, same, steps=12, sampler="euler")
+    c, spy_c = _run(env, case, zero, steps=12, sampler="euler")
+    assert torch.equal(a, b) and spy_a.calls == spy_b.calls == spy_c.calls
+    assert not torch.equal(a, c) and torch.isfinite(c).all()
 
 
 def test_speed_knob(env, caplog):

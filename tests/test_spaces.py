@@ -82,11 +82,11 @@ def test_maps_match_comfyui_model_sampling(comfy):
 
 # --------------------------------------------------------------------------- rule by gap
 def test_extrapolator_rule_by_reach():
-    auto = CacheSettings(mode="even", extrapolator="auto", long_gap=1.0)
-    assert extrapolation_rule(auto, 1.0) == ("output", "lagrange")
+    auto = CacheSettings(mode="even", extrapolator="noise_lsq", long_gap=1.0)
+    assert extrapolation_rule(auto, 1.0) == ("noise", "lagrange")
     assert extrapolation_rule(auto, 2.0) == ("noise", "lsq")
     assert extrapolation_rule(CacheSettings(extrapolator="output"), 9.0) == ("output", "lagrange")
-    assert extrapolation_rule(CacheSettings(extrapolator="noise"), 1.0) == ("noise", "lsq")
+    assert extrapolation_rule(CacheSettings(extrapolator="noise"), 9.0) == ("noise", "lagrange")
     assert extrapolation_rule(CacheSettings(mode="paper", extrapolator="noise"), 5.0) == ("output", "lagrange")
 
 
@@ -96,7 +96,7 @@ def _flow_run(extrapolator, steps=20):
     sched = [1.0 - i / steps for i in range(steps)] + [0.0]
     sched[0] = 0.999
     n, x0 = _pair(1)
-    run = CacheRun(CacheSettings(mode="even", speed=4.0, extrapolator=extrapolator, long_gap=0.0), sched)
+    run = CacheRun(CacheSettings(mode="even", speed=4.0, extrapolator=extrapolator), sched)
     space = NoiseMap("flow")
     errs = []
     for s in sched[:-1]:
