@@ -293,8 +293,14 @@ def summarize_study(rows: list[SRow]) -> str:
              if x.method == f"even, {name}" and (x.model, x.setting, x.budget) in base]
         if d:
             wins = sum(v > 0.2 for v in d)
-            lines.append(f"- {name}: {statistics.fmean(d):+.1f} dB on average (from {min(d):+.1f} to {max(d):+.1f}); "
-                         f"better by > 0.2 dB at {wins} of {len(d)} points.")
+            per_model = []
+            for model in dict.fromkeys(x.model for x in rows):
+                dm = [x.psnr - base[(x.model, x.setting, x.budget)] for x in rows if x.method == f"even, {name}"
+                      and x.model == model and (x.model, x.setting, x.budget) in base]
+                if dm:
+                    per_model.append(f"{model} {min(dm):+.1f} to {max(dm):+.1f}")
+            lines.append(f"- {name}: {statistics.fmean(d):+.1f} dB on average (from {min(d):+.1f} to {max(d):+.1f}; "
+                         f"{', '.join(per_model)}); better by > 0.2 dB at {wins} of {len(d)} points.")
     return "\n".join(lines)
 
 
