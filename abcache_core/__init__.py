@@ -1,4 +1,5 @@
-"""AB-Cache numerical engine: parameters, extrapolation weights, skip policies, per-run state, telemetry.
+"""AB-Cache numerical engine: parameters, extrapolation weights and spaces, skip policies, per-run state,
+telemetry.
 
 Pure torch/numpy; never imports ComfyUI.
 """
@@ -20,6 +21,9 @@ from .policy import (
     EB_CACHE_TABLE_50,
     TABLE_ALIASES,
     CacheSettings,
+    calls_for_speed,
+    even_steps,
+    extrapolation_rule,
     derive_table,
     parse_table,
     parse_table_codes,
@@ -28,14 +32,16 @@ from .policy import (
     schedule_problem,
     step_position,
 )
+from .spaces import NoiseMap, noise_map
 from .state import CacheRun, CallRecord, Decision, sigma_to_coordinate
-from .weights import amplification, binomial_weights, lagrange_weights, paper_weights
+from .weights import amplification, binomial_weights, lagrange_weights, least_squares_weights, paper_weights
 
 __all__ = [
     "CACHE_DEVICES", "COORDINATES", "EB_CACHE_DELTA", "EB_CACHE_TABLE_50", "EXPOSURE_APPLY", "MAX_ORDER", "MODES",
     "NODE_MAX_ORDER", "PARAMS", "TABLE_ALIASES",
-    "CacheRun", "CacheSettings", "CallRecord", "Decision", "Param",
-    "amplification", "binomial_weights", "default", "defaults", "denoised_from_epsilon", "derive_table",
-    "epsilon_from_denoised", "lagrange_weights", "paper_weights", "parse_table", "parse_table_codes", "plan",
+    "CacheRun", "CacheSettings", "CallRecord", "Decision", "NoiseMap", "Param",
+    "amplification", "binomial_weights", "calls_for_speed", "default", "defaults", "denoised_from_epsilon",
+    "derive_table", "epsilon_from_denoised", "even_steps", "extrapolation_rule", "lagrange_weights",
+    "least_squares_weights", "noise_map", "paper_weights", "parse_table", "parse_table_codes", "plan",
     "planned_compute", "rescale_denoised", "schedule_problem", "sigma_to_coordinate", "step_position",
 ]

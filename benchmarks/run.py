@@ -104,9 +104,10 @@ class Bench:
 
     # -------------------------------------------------------------------------------- method factories
     def ab(self, order, interval, warmup, **inputs):
-        """AB-Cache (Advanced) with these inputs (mode fixed unless given); the rest at the node's defaults."""
+        """AB-Cache (Advanced) with these inputs (mode fixed and the raw-output extrapolator unless given: the
+        settings this study measured); the rest at the node's defaults."""
         return self.harness.apply_node(self.nodes.ABCacheAdvancedNode, self.patcher, order=order, interval=interval,
-                                       warmup=warmup, **{"mode": "fixed", **inputs})
+                                       warmup=warmup, **{"mode": "fixed", "extrapolator": "output", **inputs})
 
     def blocks(self, order=1, table="eb50", delta=1.0):
         """EB-Cache-style block-level caching (nodes/blocks.py): first block always, the rest per table."""
@@ -191,9 +192,6 @@ def run_setting(b: Bench, s: Setting, quick: bool) -> list[Row]:
             if found:
                 candidates.append((bname, f"AB-Cache adaptive k={k}, max skips {skips} (tol {found[0]:.4f})",
                                    b.ab(k, 4, 3, mode="adaptive", tolerance=found[0], max_skips=skips), None))
-    for speed in (3.0, 4.0):     # the node's defaults (speed 3) and speed 4: even placement, auto extrapolator
-        simple = b.harness.apply_node(b.nodes.ABCacheNode, b.patcher, speed=speed)
-        candidates.append(("fixed", f"AB-Cache node, speed {speed:g} (even, auto)", simple, None))
     for order in (2, 3):
         candidates.append(("paper", f"AB-Cache paper schedule k={order}", b.ab(order, 6, 5, mode="paper", final_steps=0), None))
     grid = [(2, 3), (2, 4), (3, 4), (2, 5), (3, 5), (2, 6), (3, 6)]
@@ -261,15 +259,17 @@ def fmt_table(rows: list[Row]) -> str:
 SUMMARY_HEAD = ("Targets (50-step Euler with CFG at 1/3 of the calls >= 45 dB, >= 8 dB over fewer steps, "
                 ">= 12 dB over fair EasyCache; at 1/4 >= 40 dB), best AB-Cache setting per budget:\n\n")
 DEFAULTS_NOTE = (
-    "Node defaults chosen from this table: **order 2, interval 4, warm-up 3** (the row \"AB-Cache fixed k=2, "
-    "interval 4\"; 16/50 calls, 10/28). Order 3 gains about 0.5-2.5 dB on this fp32 model, but its weights "
-    "amplify noise twice as much (sum |w| = 5.1 vs 2.5 three steps after a computed one), which matters for "
-    "bf16 models; use order 3 in the Advanced node for fp32/fp16 models. At 25-30 steps a 1/3 budget leaves "
-    "too few computed steps for extrapolation to clearly beat plain fewer steps on this (nearly straight-path) "
-    "model (-1.3 to +0.8 dB); the defaults spend 10/28 calls there (37.4 dB euler, 34.7 dB dpmpp_2m). EB-Cache's "
-    "delta 0.965 (tuned for DiT-XL/2 with DDPM) lowers fidelity on this flow model by 7-15 dB, so the node "
-    "keeps delta = 1; EB-Cache's table with AB extrapolation (k=2) instead of reuse gains 5-10 dB at the "
-    "same calls. Block-level reuse (FLUX blocks node) stays below output-level caching on this 4-block "
+    "Every AB-Cache row here extrapolates the raw model output (`extrapolator = output`) on the fixed, adaptive, "
+    "paper or table schedules of the Advanced node. The node's defaults used to come from this table (order 2, "
+    "interval 4, warm-up 3: the row \"AB-Cache fixed k=2, interval 4\"; 16/50 calls, 10/28); since the `speed` "
+    "input they are evenly spread calls with the noise-estimate extrapolator, measured in the \"steps\" section "
+    "against fewer steps on every trained model. Order 3 gains about 0.5-2.5 dB on this fp32 model, but its "
+    "weights amplify noise twice as much (sum |w| = 5.1 vs 2.5 three steps after a computed one), which matters "
+    "for bf16 models. At 25-30 steps a 1/3 budget with a warm-up leaves too few computed steps for output "
+    "extrapolation to clearly beat plain fewer steps on this model (-1.3 to +0.8 dB): the reason for the even "
+    "placement. EB-Cache's delta 0.965 (tuned for DiT-XL/2 with DDPM) lowers fidelity on this flow model by 7-15 "
+    "dB, so the node keeps delta = 1; EB-Cache's table with AB extrapolation (k=2) instead of reuse gains 5-10 dB "
+    "at the same calls. Block-level reuse (FLUX blocks node) stays below output-level caching on this 4-block "
     "model.")
 
 

@@ -3,6 +3,7 @@
     python -m benchmarks.steps                  # the table (held-out noise), writes docs/BENCHMARKS.md
     python -m benchmarks.steps --study          # the extrapolator/placement study on the search noise
     python -m benchmarks.steps --models flux    # one model; --quick: fewer settings
+    python -m benchmarks.steps --from-log a.log b.log   # write the section from runs split over processes
 
 Models: the trained FLUX (digits), SD 1.5 (VP, epsilon) and Wan 2.1 (video, flow) of devtools/trained_models.py.
 Settings: 20, 28 and 50 steps; euler at cfg > 1 and cfg 1, dpmpp_2m and heun as the sampler being cached.
@@ -16,8 +17,8 @@ Methods at each budget:
 * ablation: the same steps with the ``output`` extrapolator (the raw output, the paper's rule); and the rule
   before this study (fixed: warm-up 3, order 2, every 4th step, output) at its own call count, against the
   new defaults at the same count;
-* **fewer steps**: the same sampler, and every multistep sampler ComfyUI has (best reported), with as many
-  steps as the budget allows;
+* **fewer steps**: the same sampler, euler, and ComfyUI's multistep samplers dpmpp_2m, uni_pc, ipndm, deis,
+  res_multistep (the best is reported), with as many steps as the budget's model calls allow;
 * **EasyCache** (ComfyUI core), fair (given a copy of its input, which it writes into), threshold bisected to
   the budget on a probe subset.
 

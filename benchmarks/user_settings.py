@@ -6,10 +6,12 @@ Settings: SD 1.5 -- euler (normal schedule), dpmpp_2m (karras) and ddim (ddim_un
 cfg 1 and cfg 5; Wan -- euler (simple schedule, shift 8 from the model config) at 20, 30 and 50 steps, cfg 5.
 For each setting every method samples the same classes and seeds; the reference is the full-compute run.
 
-Methods, all at the model-call budget of the AB-Cache node's defaults (speed 3: first and last step and evenly
-spread steps between), so every row costs the same number of model calls (or is marked as over budget):
-* AB-Cache defaults (the plain node), and on the same computed steps the output extrapolated with order 3 and
-  with order 1 (plain reuse of the last output: what extrapolation adds);
+Methods, all at the model-call budget of the AB-Cache node's defaults before the ``speed`` input (order 2,
+interval 4, warm-up 3, last step computed, raw-output extrapolation), so every row costs the same number of
+model calls (or is marked as over budget); the current defaults (speed 3, noise estimate) are measured against
+fewer steps at every trained model by ``python -m benchmarks.steps``:
+* AB-Cache earlier defaults, and the same schedule with order 3 and with order 1 (plain reuse of the last
+  output on the same computed steps: what extrapolation adds);
 * fewer steps -- euler, and ComfyUI's multistep samplers (dpmpp_2m, uni_pc, ipndm, deis, res_multistep;
   the best one is reported) with as many steps as the budget allows, same scheduler;
 * EasyCache (ComfyUI core), fair: given a copy of its input (it adds into its input in place), threshold
@@ -26,7 +28,6 @@ import math
 import statistics
 import time
 
-from abcache_core import defaults
 from benchmarks.report import write_section
 from benchmarks.run import Bench, Setting, bisect_param
 
@@ -37,7 +38,10 @@ SETTINGS = {
     "wan": [Setting("euler", steps, 5.0, "simple") for steps in (20, 30, 50)],
 }
 MULTISTEP = ("dpmpp_2m", "uni_pc", "ipndm", "deis", "res_multistep")
-DEFAULTS = defaults("order", "interval", "warmup", "speed")   # the AB-Cache node's defaults (core parameter table)
+# The AB-Cache node's defaults before the speed input (fixed schedule, raw-output extrapolation); the node's
+# current defaults are measured by benchmarks/steps.py.
+EARLIER = (4, 3)                  # interval, warm-up (order 2; Bench.ab: mode fixed, extrapolator output)
+EARLIER_LABEL = "AB-Cache earlier defaults (k=2, interval 4, warm-up 3)"
 TITLES = {
     "sd15": "Fidelity at users' settings: trained SD 1.5 U-Net (VP, epsilon) (`python -m benchmarks.run --model sd15`)",
     "wan": "Fidelity at users' settings: trained Wan 2.1 video model (`python -m benchmarks.run --model wan`)",
@@ -106,12 +110,10 @@ def available_samplers():
 def run_setting(b: Bench, s: Setting, probe: Bench) -> list[URow]:
     ref, full_calls, _ = b.sample_all(b.patcher, s)
     rows = [make_row(b, s, "full compute (reference)", ref, ref, full_calls)]
-    ab = b.harness.apply_node(b.nodes.ABCacheNode, b.patcher)
-    imgs, budget, _ = b.sample_all(ab, s)
-    rows.append(make_row(b, s, f"AB-Cache defaults (speed {DEFAULTS['speed']:g})", ref, imgs, budget))
-    for k, label in ((3, "AB-Cache output k=3, same steps"), (1, "reuse k=1, same steps (no extrapolation)")):
-        imgs, calls, _ = b.sample_all(b.ab(k, DEFAULTS["interval"], DEFAULTS["warmup"], mode="even",
-                                           extrapolator="output"), s)
+    imgs, budget, _ = b.sample_all(b.ab(2, *EARLIER), s)
+    rows.append(make_row(b, s, EARLIER_LABEL, ref, imgs, budget))
+    for k, label in ((3, "AB-Cache k=3, same schedule"), (1, "reuse k=1, same schedule (no extrapolation)")):
+        imgs, calls, _ = b.sample_all(b.ab(k, *EARLIER), s)
         rows.append(make_row(b, s, label, ref, imgs, calls))
 
     per_step = full_calls / s.steps
@@ -164,7 +166,7 @@ def summarize(rows: list[URow], video: bool) -> tuple[str, list[dict]]:
     lines, records = [], []
     for setting in dict.fromkeys(r.setting for r in rows):
         rs = [r for r in rows if r.setting == setting]
-        ab = next(r for r in rs if r.method.startswith("AB-Cache defaults"))
+        ab = next(r for r in rs if r.method.startswith("AB-Cache earlier defaults"))
         full = next(r for r in rs if r.method.startswith("full"))
         reuse = next(r for r in rs if r.method.startswith("reuse"))
         few = [r for r in rs if r.method.startswith("fewer steps")]
@@ -172,7 +174,7 @@ def summarize(rows: list[URow], video: bool) -> tuple[str, list[dict]]:
         multi = max((r for r in few if "euler" not in r.method), key=lambda r: r.psnr_mean, default=None)
         easy = next((r for r in rs if r.method.startswith("EasyCache")), None)
         best_few = max(few, key=lambda r: r.psnr_mean)
-        parts = [f"defaults **{ab.psnr_mean:.1f} dB** mean / {ab.psnr_median:.1f} median "
+        parts = [f"earlier defaults **{ab.psnr_mean:.1f} dB** mean / {ab.psnr_median:.1f} median "
                  f"({ab.calls:.0f}/{full.calls:.0f} calls)"]
         if video:
             parts[0] += f", temporal {ab.tpsnr:.1f} dB"
@@ -219,7 +221,8 @@ def main(model: str, seeds: int = 2, write: bool = True, settings=None) -> list[
                 f"{len(b.classes)} classes x {len(b.seeds)} images per setting (16x16)")
         head = (f"Trained tiny {b.spec.description} ({params:,} parameters, `{b.spec.stem}.safetensors`), "
                 f"ComfyUI {runtime.comfyui_version()}, CPU. {what}. All methods at the model-call budget of the "
-                f"AB-Cache node's defaults; the cost measure is model calls (this tiny model's wall clock is "
+                f"AB-Cache node's earlier defaults (fixed, order 2, interval 4, warm-up 3, raw output; the current "
+                f"defaults are in the \"steps\" section); the cost measure is model calls (this tiny model's wall clock is "
                 f"dominated by sampler overhead; see the FLUX and speed sections). PSNR/SSIM of the decoded frames "
                 f"against full compute, mean and median over {'frames' if video else 'images'}"
                 + ("; temporal PSNR = PSNR of the frame-to-frame differences against the full run's, temporal "
