@@ -89,8 +89,8 @@ def test_wan22_experts_in_two_samplers_start_fresh(env):
     # each stage is its own run: its calls are the plan of its own part of the schedule
     assert spy_high.calls == _planned(settings, SPLIT) < SPLIT
     assert spy_low.calls == _planned(settings_low, STEPS - SPLIT) < STEPS - SPLIT
-    # the low-noise expert keeps nothing of the high-noise expert's history: its first step is computed (with
-    # the high expert's outputs as history it would be extrapolated), and so is its last
+    # the low-noise expert keeps nothing of the high-noise expert's history: its first and last steps are
+    # computed, and its first skipped step is extrapolated from its own computed outputs only
     assert spy_low.sigmas[0] == first_low[0] and spy_low.sigmas[-1] == first_low[-1]
     records = low_node.model_options["ab_cache"].sink.last["records"]
     assert [r["sigma"] for r in records] == first_low and records[0]["computed"]
