@@ -17,7 +17,8 @@ Findings these tests pin down:
   refusal and bypass messages must still name the right one.
 * torch.compile (TorchCompileModel): skips still happen inside the compiled diffusion model, in either node
   order; the same compiled model runs with and without AB-Cache in any order; a repeated run recompiles at
-  most a few frames (none on newer ComfyUI), never one per step.
+  most a few frames (none on newer ComfyUI), never one per step. The FLUX blocks node too: its blocks run
+  with the transformer_options they would get without it, so the same compiled model runs without it after.
 """
 from __future__ import annotations
 
@@ -295,6 +296,94 @@ def test_torch_compile_node(env):
         # frame per step (10 / 30 measured for 10 / 30 steps); bounded, no error, same results and skips
         for label, steps in (("before_again", STEPS), ("after_again", STEPS), ("long_again", 3 * STEPS)):
             assert results[label][2] <= steps + REPEAT_FRAMES, str(summary)
+
+
+def _graphs():
+    """Graphs Dynamo has compiled so far (counters["frames"] also counts frames it only looked at)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def test_torch_compile_blocks_node(env):
+    """The FLUX blocks node under TorchCompileModel: the same compiled model runs with the blocks node and then
+    without it, and the other way round, with no error (newer ComfyUI used to raise KeyError: 'patches_replace'
+    in the plain run: code Dynamo compiled for a block that saw the node's patches); block reuse still happens
+    under compile, as planned, with the eager results; a repeated run compiles no new graph."""
+    from abcache_core import CacheSettings, plan
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    def compile_node(model):
+        out = TorchCompileModel.execute(model, COMPILE_BACKEND)
+        return out[0] if isinstance(out, tuple) else out.result[0]
+
+    kw = dict(compute_blocks=1, order=2, mode="fixed", interval=INTERVAL, warmup=WARMUP)
+    computed = sum(plan(CacheSettings(interval=INTERVAL, warmup=WARMUP), STEPS))
+    assert computed < STEPS
+
+    def blocks(model):
+        return env.harness.apply_node(env.nodes.ABCacheFluxBlocksNode, model, **kw)
+
+    # A private model: the compiled module, its Dynamo caches and the counting hooks stay with this test.
+    case = env.tm.build("flux_dev", seed=0, overrides=dict(depth=2, depth_single_blocks=2))
+    dm = case.patcher.model.diffusion_model
+    counts = {}
+    handles = []
+    for kind in ("double_blocks", "single_blocks"):
+        for i, b in enumerate(getattr(dm, kind)):
+            handles.append(b.register_forward_hook(
+                lambda *a, key=(kind, i): counts.__setitem__(key, counts.get(key, 0) + 1)))
+    results = {}
+
+    def go(label, model):
+        counts.clear()
+        g0 = _graphs()
+        try:
+            out = env.harness.sample(model, case.latent, case.positive(1), case.negative(2), steps=STEPS)
+        except Exception as e:                                   # report which run of the sequence failed
+            raise AssertionError(f"{label}: {type(e).__name__}: {e}") from e
+        results[label] = (out, dict(counts), _graphs() - g0)
+
+    try:
+        go("eager_ref", case.patcher)
+        go("eager_blocks", blocks(case.patcher))
+        torch._dynamo.reset()
+        plain = compile_node(case.patcher)
+        cached = blocks(plain)                                   # TorchCompileModel -> blocks node
+        cached_before = compile_node(blocks(case.patcher))        # blocks node -> TorchCompileModel
+        go("blocks", cached)
+        go("plain", plain)
+        go("blocks_again", cached)
+        go("plain_again", plain)
+        go("blocks_before", cached_before)
+        go("blocks_before_again", cached_before)
+        torch._dynamo.reset()
+        plain2 = compile_node(case.patcher)                      # a fresh compile, plain run first
+        go("plain_first", plain2)
+        go("blocks_second", blocks(plain2))
+        go("plain_third", plain2)
+    finally:
+        for h in handles:
+            h.remove()
+        torch._dynamo.reset()
+
+    summary = {k: (c, g) for k, (_, c, g) in results.items()}
+    ref, ref_counts, _ = results["eager_ref"]
+    eager, eager_counts, _ = results["eager_blocks"]
+    assert set(ref_counts.values()) == {STEPS}
+    assert eager_counts[("double_blocks", 0)] == STEPS                       # the first block: every call
+    for key in (("double_blocks", 1), ("single_blocks", 0), ("single_blocks", 1)):
+        assert eager_counts[key] == computed, eager_counts
+    for label in ("blocks", "blocks_again", "blocks_before", "blocks_before_again", "blocks_second"):
+        out, c, _ = results[label]
+        assert c == eager_counts, (label, summary)              # reuse still happens under compile, as planned
+        torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+    for label in ("plain", "plain_again", "plain_first", "plain_third"):
+        out, c, _ = results[label]
+        assert c == ref_counts, (label, summary)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for label in ("blocks_again", "plain_again", "blocks_before_again", "plain_third"):
+        assert results[label][2] == 0, (label, summary)         # a repeated run compiles no new graph
 
 
 # ------------------------------------------------------------------------------ 4. EasyCache / LazyCache

@@ -86,3 +86,57 @@ def test_two_devices_follow_the_plan_and_match_one_device(env, order, extra):
     torch.testing.assert_close(two_ref, one_ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(two_ab, one_ab, rtol=0, atol=1e-5)
     assert torch.equal(two_off, two_ref) and spy_two_off.calls == spy_two_ref.calls
+
+
+def test_blocks_node_on_two_devices(env):
+    """The FLUX blocks node with cond and uncond on two device threads at the same time: each model call's
+    state is keyed by the thread it runs on, so the two calls never see each other's decision or residuals. The
+    blocks after compute_blocks run on computed steps only, on both devices; results equal one device within fp
+    tolerance; nothing reused -> equal to the uncached two-device run."""
+    from abcache_core import CacheSettings, plan
+
+    _multigpu()
+    name = "flux_dev"
+    case = env.tm.build(name, seed=0)
+    kw = dict(compute_blocks=1, order=2, mode="fixed", **{k: v for k, v in env.harness.TEST_SCHEDULE.items()
+                                                            if k != "order"})
+    computed = sum(plan(CacheSettings(**env.harness.TEST_SCHEDULE), STEPS))
+    assert computed < STEPS
+
+    def blocks(model, **over):
+        return env.harness.apply_node(env.nodes.ABCacheFluxBlocksNode, model, **{**kw, **over})
+
+    last = {}
+
+    def hooked(model):
+        dms = [model.model.diffusion_model] + [m.model.diffusion_model
+                                               for m in model.get_additional_models_with_key("multigpu")]
+        handles = []
+        for dm in dms:
+            b = dm.single_blocks[-1]                            # a block after compute_blocks
+            handles.append(b.register_forward_hook(
+                lambda *a, k=id(dm): last.__setitem__(k, last.get(k, 0) + 1)))
+        return handles
+
+    one_ref, _, _ = _run(env, case, case.patcher)
+    one_ab, _, _ = _run(env, case, blocks(case.patcher))
+    two_ref, _, _ = _run(env, case, _two_devices(env, name, case.patcher))
+    for order in ("blocks_then_workunits", "workunits_then_blocks"):
+        m = (_two_devices(env, name, blocks(case.patcher)) if order == "blocks_then_workunits"
+             else blocks(_two_devices(env, name, case.patcher)))
+        last.clear()
+        handles = hooked(m)
+        try:
+            two_ab, spy, threads = _run(env, case, m)
+        finally:
+            for h in handles:
+                h.remove()
+        assert len(threads) == 2, "the model must really run on two worker threads"
+        assert spy.calls == 2 * STEPS                           # every model call runs (block-level cache)
+        assert sorted(last.values()) == [computed, computed], (order, last)   # later blocks: computed steps only
+        torch.testing.assert_close(two_ab, one_ab, rtol=0, atol=1e-5)
+        off, _, _ = _run(env, case, blocks(_two_devices(env, name, case.patcher), interval=1) if order ==
+                         "workunits_then_blocks" else _two_devices(env, name, blocks(case.patcher, interval=1)))
+        assert torch.equal(off, two_ref), order
+    torch.testing.assert_close(two_ref, one_ref, rtol=0, atol=1e-5)
+    assert float((one_ab - one_ref).abs().max()) > 0, "the blocks node must have reused blocks"

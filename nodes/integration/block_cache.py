@@ -23,7 +23,13 @@ its code ``a`` reuses attention while recomputing the MLP). The dit hooks see a 
 gates included, and EB-Cache's ``a`` runs the step in full.
 
 Per-run state lives in a :class:`BlockRun` created by an OUTER_SAMPLE wrapper for each sampling call and
-released in its ``finally``; the model carries only a frozen, configuration-only :class:`BlockCacheSpec`.
+released in its ``finally``; the model carries only a frozen, configuration-only :class:`BlockCacheSpec` and
+pass-through block patches. Nothing of ours is a key of ``transformer_options`` (torch.compile, docs/DESIGN.md):
+the run's DIFFUSION_MODEL wrapper hands each model call a copy of ``transformer_options`` whose dit patches are
+the run's own (made once per run, bound to the BlockRun), and the call's state is found by the thread the call
+runs on (``BlockRun.calls``), so calls of several device threads never mix. A real block runs with the
+``transformer_options`` it would see without this node (our dit patches removed), so code Dynamo compiles for
+a block is the same with and without the node.
 """
 from __future__ import annotations
 
@@ -42,7 +48,6 @@ from . import scope
 LOG = scope.LOG
 
 KEY_BLOCKS = "ab_cache_blocks"
-KEY_CALL = "ab_cache_blocks_call"     # this model call's _Call, in the call's own copy of transformer_options
 NAME = scope.STEP_CACHES[KEY_BLOCKS]
 BLOCK_MODES = ("table", "fixed")      # a step either runs all blocks or reuses the later ones: no call-time mode
 
@@ -79,13 +84,15 @@ def block_counts(diffusion_model) -> tuple[int, int]:
 class _Call:
     """One DIFFUSION_MODEL call: what the block hooks need to know."""
 
-    def __init__(self, active, sigma: float, uuids: list, wkey, skip: bool):
-        self.active = active         # the BlockRun
+    def __init__(self, sigma: float, uuids: list, wkey, decision, sig):
         self.sigma = sigma
         self.uuids = uuids
         self.n = len(uuids)
         self.wkey = wkey
-        self.skip = skip
+        self.decision = decision
+        self.skip = decision.skip
+        self.sig = sig               # input signature (shape, batch per chunk, dtype, context shape)
+        self.thread = threading.get_ident()   # the thread the call (and so its block hooks) runs on
         self.rec: dict = {}          # computed call: key -> residual chunk
         self.seen: list = []         # computed call: (block name, streams) of the stored blocks, in order
         self.record_ok = True
@@ -108,6 +115,8 @@ class BlockRun:
         self.blocks_run = 0          # block evaluations (hooked blocks only)
         self.blocks_reused = 0
         self.pass_scope = None       # passes.PassScope of the current sampler evaluation
+        self.calls: dict = {}        # thread id -> _Call of the model call running on that thread
+        self.patches: dict = {}      # (block name, id of the node's patch) -> this run's patch for that block
 
     def __deepcopy__(self, memo):
         return self
@@ -143,26 +152,53 @@ def _finish(active: BlockRun) -> None:
     finally:
         run.release()
         active.signatures.clear()
+        active.calls.clear()
+        active.patches.clear()
         active.tail = ()
 
 
 def diffusion_model_wrapper(active: BlockRun, executor, *args, **kwargs):
-    """Decide compute/skip for this model call, expose it to the block hooks, record the residuals."""
+    """Decide compute/skip for this model call, expose it to the block hooks, record the residuals.
+
+    The call's state is keyed by the thread it runs on (ComfyUI's multi-GPU work units run one model call per
+    device thread at the same time); the block hooks of the call run on the same thread. Under torch.compile
+    Dynamo never traces the bookkeeping (_begin_call, _end_call) nor the run's block patches."""
     to = scope.find_transformer_options(args, kwargs)
     if to is None:
         return executor(*args, **kwargs)
     x = args[0] if args else kwargs.get("x")
+    ctx = args[2] if len(args) > 2 else kwargs.get("context")
+    call, patches = _begin_call(active, to, x, ctx)
+    if call is None:
+        return executor(*args, **kwargs)        # nothing to key the history on: run as is
+    # the run's own block patches, in this call's copy of transformer_options (the key is ComfyUI's own and
+    # already there: the node registered pass-through patches for every block)
+    args, kwargs = scope.with_transformer_options(args, kwargs, to, {"patches_replace": patches})
+    try:
+        out = executor(*args, **kwargs)
+    except BaseException:
+        _end_call(active, call, finished=False)   # the summary counts finished calls only
+        raise
+    _end_call(active, call)
+    return out
+
+
+@scope.dynamo_off
+def _begin_call(active: BlockRun, to: dict, x, ctx):
+    """(this call's _Call, patches_replace with the run's dit patches), or (None, None) when the call cannot be
+    keyed (no sigma, no uuids, a batch the uuids do not divide)."""
     sigmas = to.get("sigmas")
     uuids = list(to.get("uuids") or [])
+    pr = to.get("patches_replace")
+    dit = pr.get("dit") if isinstance(pr, dict) else None
     if (not isinstance(x, torch.Tensor) or not isinstance(sigmas, torch.Tensor) or sigmas.numel() == 0
-            or not uuids or x.ndim == 0 or x.shape[0] % len(uuids)):
-        return executor(*args, **kwargs)        # nothing to key the history on: run as is
+            or not uuids or x.ndim == 0 or x.shape[0] % len(uuids) or not isinstance(dit, dict)):
+        return None, None
     run = active.run
     sigma = float(sigmas.flatten()[0])
     wkey = scope.window_key(to)
     n = len(uuids)
     uuids = [(u, pass_tag(to)) for u in uuids]   # a guidance pass (PAG, SLG ...) has its own history
-    ctx = args[2] if len(args) > 2 else kwargs.get("context")
     ctx_shape = tuple(ctx.shape[1:]) if isinstance(ctx, torch.Tensor) else None
     sig = (tuple(x.shape[1:]), x.shape[0] // n, x.dtype, ctx_shape)
     with active.lock:
@@ -172,28 +208,32 @@ def diffusion_model_wrapper(active: BlockRun, executor, *args, **kwargs):
                 for name, streams in tail:
                     for st in streams:
                         run.forget((u, wkey, name, st))
+        run_dit = {k: _run_patch(active, k, p) if getattr(p, "abcache_block", False) else p for k, p in dit.items()}
     keys = [(u, wkey, name, st) for u in uuids for name, streams in tail for st in streams]
     if not keys:
         keys = [(u, wkey, "blocks") for u in uuids]      # no history yet: decide() computes
     decision = run.decide(sigma, keys, device=x.device, predict=False)
-    call = _Call(active, sigma, uuids, wkey, decision.skip)
-    # The call's state travels with this call's transformer_options (a copy), never in a shared slot: calls
-    # from several threads (ComfyUI's multi-GPU work units) each see their own.
-    args, kwargs = scope.with_transformer_options(args, kwargs, to, {KEY_CALL: call})
-    try:
-        out = executor(*args, **kwargs)
-    except BaseException:
-        run.unfinished(decision)   # the summary counts finished calls only
-        raise
+    call = _Call(sigma, uuids, wkey, decision, sig)
+    with active.lock:
+        active.calls[call.thread] = call
+    return call, {**pr, "dit": run_dit}
+
+
+@scope.dynamo_off
+def _end_call(active: BlockRun, call: _Call, finished: bool = True) -> None:
+    with active.lock:
+        active.calls.pop(call.thread, None)
+    if not finished:
+        active.run.unfinished(call.decision)
+        return
     with active.lock:
         active.blocks_reused += call.reused
-    if not decision.skip and call.record_ok and call.rec:
-        run.record(sigma, call.rec)
+    if not call.skip and call.record_ok and call.rec:
+        active.run.record(call.sigma, call.rec)
         with active.lock:
             active.tail = tuple(call.seen)
-            for u in uuids:
-                active.signatures[(u, wkey)] = sig
-    return out
+            for u in call.uuids:
+                active.signatures[(u, call.wkey)] = call.sig
 
 
 def apply_model_wrapper(active: BlockRun, executor, x, t, *args, **kwargs):
@@ -204,24 +244,41 @@ def apply_model_wrapper(active: BlockRun, executor, x, t, *args, **kwargs):
 
 
 def _make_block_patch(kind: str, index: int, prev):
-    """The dit replacement for one block; ``prev`` is a replacement that was there before (chained)."""
-    name = (kind, index)
-    streams = ("img", "txt") if kind == "double_block" else ("img",)
-
+    """The dit replacement the node registers for one block: passes through (outside a sampling call, or when
+    the run's wrapper did not install the run's patch); ``prev`` is a replacement that was there before
+    (chained)."""
     def patch(args, extra):
-        def run_block(a):
-            return prev(a, extra) if prev is not None else extra["original_block"](a)
+        return _run_block(prev, args, extra)
 
-        to = args.get("transformer_options")
-        call = to.get(KEY_CALL) if isinstance(to, dict) else None
-        if not isinstance(call, _Call):
-            return run_block(args)
-        active = call.active
-        position = index if kind == "double_block" else active.n_double + index
+    patch.abcache_block = True
+    patch.abcache_prev = prev
+    patch.abcache_name = (kind, index)
+    return patch
+
+
+def _run_patch(active: BlockRun, key, node_patch):
+    """This run's patch for one block (made once per run; the caller holds the run's lock)."""
+    ident = (key, id(node_patch))
+    made = active.patches.get(ident)
+    if made is None:
+        made = active.patches[ident] = _make_run_patch(active, node_patch.abcache_name, node_patch.abcache_prev)
+    return made
+
+
+def _make_run_patch(active: BlockRun, name, prev):
+    kind, index = name
+    streams = ("img", "txt") if kind == "double_block" else ("img",)
+    position = index if kind == "double_block" else active.n_double + index
+
+    @scope.dynamo_skip          # never inlined by Dynamo (no guard on the run); the real block is compiled
+    def patch(args, extra):
+        call = active.calls.get(threading.get_ident())
+        if call is None:
+            return _run_block(prev, args, extra)
         if position < active.spec.compute_blocks:
             with active.lock:
                 active.blocks_run += 1
-            return run_block(args)
+            return _run_block(prev, args, extra)
         if call.skip:
             out = _reuse(active.run, call, name, streams, args)
             if out is not None:
@@ -229,18 +286,52 @@ def _make_block_patch(kind: str, index: int, prev):
                 return out
         # ComfyUI's FLUX blocks add into their input in place (img += ...): keep the input for the residual
         inputs = _inputs_before(call, streams, args)
-        out = run_block(args)
+        out = _run_block(prev, args, extra)
         with active.lock:
             active.blocks_run += 1
         if not call.skip:
             _store(call, name, streams, inputs, out)
         return out
 
-    patch.abcache_block = True
-    patch.abcache_prev = prev
+    patch.abcache_run_patch = True
     return patch
 
 
+@scope.dynamo_skip              # its own frame is not traced; the block it runs is compiled as usual
+def _run_block(prev, args, extra):
+    """Run the block: the replacement that was there before ours, or the real block, which gets its
+    transformer_options without our patches (_without_own_patches)."""
+    if prev is not None:
+        return prev(args, extra)
+    return extra["original_block"](_without_own_patches(args))
+
+
+def _own(p) -> bool:
+    return getattr(p, "abcache_block", False) or getattr(p, "abcache_run_patch", False)
+
+
+@scope.dynamo_off
+def _without_own_patches(args: dict) -> dict:
+    """``args`` for a real block: its ``transformer_options`` without this node's dit patches (and without
+    ``patches_replace`` / ``dit`` when nothing else is in them), i.e. what the block sees without this node.
+    The blocks never read those patches; Dynamo would otherwise compile the block for a key set that a run
+    without this node lacks (newer ComfyUI drops the guards on transformer_options: KeyError there)."""
+    to = args.get("transformer_options")
+    pr = to.get("patches_replace") if isinstance(to, dict) else None
+    dit = pr.get("dit") if isinstance(pr, dict) else None
+    if not isinstance(dit, dict):
+        return args
+    rest = {k: p for k, p in dit.items() if not _own(p)}
+    pr = {k: v for k, v in pr.items() if k != "dit"}
+    if rest:
+        pr["dit"] = rest
+    to = {k: v for k, v in to.items() if k != "patches_replace"}
+    if pr:
+        to["patches_replace"] = pr
+    return {**args, "transformer_options": to}
+
+
+@scope.dynamo_off
 def _reuse(run: CacheRun, call: _Call, name, streams, args) -> Optional[dict]:
     out = {}
     for st in streams:
@@ -257,6 +348,7 @@ def _reuse(run: CacheRun, call: _Call, name, streams, args) -> Optional[dict]:
     return out
 
 
+@scope.dynamo_off
 def _inputs_before(call: _Call, streams, args) -> Optional[dict]:
     """A copy of a computed block's input streams, taken before the block runs (and may modify them)."""
     if call.skip or not call.record_ok:
@@ -264,6 +356,7 @@ def _inputs_before(call: _Call, streams, args) -> Optional[dict]:
     return {st: a.detach().clone() for st in streams if isinstance((a := args.get(st)), torch.Tensor)}
 
 
+@scope.dynamo_off
 def _store(call: _Call, name, streams, args, out) -> None:
     if not call.record_ok or args is None:
         return
