@@ -15,7 +15,9 @@ import pytest
 import torch
 
 STEPS, CFG = 8, 5.0
-PLAN = dict(order=1, interval=2, warmup=2, mode="fixed")   # 8 steps: F F F s F s F F -> steps 3 and 5 skipped
+# 8 steps: F F F s F s F F -> steps 3 and 5 skipped. The checks reason about reuse of each pass's last *output*
+# (order 1, extrapolator output); the noise-space extrapolator keys its history by pass the same way.
+PLAN = dict(order=1, interval=2, warmup=2, mode="fixed", extrapolator="output")
 
 
 def _settings(**kw):

@@ -24,7 +24,7 @@ SPLIT = 6
 def _settings(**kw):
     from abcache_core import CacheSettings
 
-    return CacheSettings(**{**_schedule(), **kw})
+    return CacheSettings(**{"mode": "fixed", **_schedule(), **kw})
 
 
 def _schedule():
