@@ -165,7 +165,11 @@ def test_ltx2_video_and_audio_both_extrapolated(env):
     from abcache_core import lagrange_weights
 
     case = env.case("ltx2")          # skips, naming the runtime, where ComfyUI has no LTXAV (0.3.75)
-    settings = _settings()
+    # the output extrapolator, so each part's prediction can be written down below; the noise-space default
+    # on both parts: see the end
+    settings = _settings(extrapolator="output")
+    noise_out, noise_spy = env.harness.run_spied(case, env.wrappers.apply_ab_cache(case.patcher, _settings()),
+                                                 steps=STEPS)
     sink = env.nodes.TelemetrySink()
     outer, seen = _outputs_seen(env, case.patcher)
     cached = env.wrappers.apply_ab_cache(outer, settings, sink=sink)
@@ -202,3 +206,6 @@ def test_ltx2_video_and_audio_both_extrapolated(env):
                                          steps=STEPS)
     assert spy_off.calls == spy_ref.calls
     assert all(torch.equal(a, b) for a, b in zip(env.tm.streams(off), env.tm.streams(ref)))
+    # the default (noise-space) extrapolator on both parts: same calls, finite, not the output-space values
+    assert noise_spy.calls == spy.calls and _finite(noise_out)
+    assert any(not torch.equal(a, b) for a, b in zip(env.tm.streams(noise_out), env.tm.streams(out)))
