@@ -11,15 +11,14 @@ then the same graph with the AB-Cache node (its defaults) between the model and 
 AB-Cache Report node. It prints model calls, wall-clock speed-up (ComfyUI's own execution timestamps) and
 PSNR/SSIM against the uncached images, and writes into ``demo_output/`` (or ``--out``):
 ``side_by_side.png`` (top: full compute, bottom: AB-Cache) and ``report.png`` (the Report node's plot).
-The setting is the benchmark's "euler 50 steps, cfg 3" row for "AB-Cache fixed k=2, interval 4", with the
-same classes and seeds, so the numbers match docs/BENCHMARKS.md.
+The setting is the AB-Cache node's defaults (speed 3: 17 of 50 steps computed, evenly spread), the same
+setting and noise as the benchmark harness (tests/test_demo.py checks that they agree).
 
 Then the video model: ComfyUI's own Wan 2.1 class trained on moving digits (benchmarks/train_tiny_models.py,
 8 frames of 32x32), two clips per digit class, euler 30 steps, cfg 5 (shift 8 from the model config), full
 compute and the AB-Cache node's defaults in the same server. It prints calls, wall clock, per-frame PSNR/SSIM
 and the temporal error (frame-to-frame differences against the full run), and writes
-``video_side_by_side.gif`` (animated, loops; top row full compute, bottom row AB-Cache). The numbers are the
-"euler 30 steps, cfg 5" rows of the Wan section of docs/BENCHMARKS.md (same classes and seeds).
+``video_side_by_side.gif`` (animated, loops; top row full compute, bottom row AB-Cache).
 """
 from __future__ import annotations
 
@@ -45,7 +44,7 @@ VIDEO_SEEDS = 2    # clips per class (latent batch), noise seed 1000 + class: as
 
 
 def graph(name: str, batch: int, cached: bool, steps: int, cfg: float, order: int, interval: int, warmup: int,
-          tag: str, prefix: str, report: bool = False) -> dict:
+          speed: float, tag: str, prefix: str, report: bool = False) -> dict:
     """One trained model (``name``: flux or wan), one KSampler per digit class (euler, simple schedule), the
     AB-Cache node between model and samplers when ``cached``; the Report node after the last sampler if asked."""
     g = {"model": {"class_type": "ABTest_TrainedModel", "inputs": {"name": name, "batch_size": batch}},
@@ -53,7 +52,7 @@ def graph(name: str, batch: int, cached: bool, steps: int, cfg: float, order: in
     model = ["model", 0]
     if cached:
         g["abcache"] = {"class_type": "ABCache", "inputs": {"model": model, "order": order, "interval": interval,
-                                                            "warmup": warmup}}
+                                                            "warmup": warmup, "speed": speed}}
         model = ["abcache", 0]
     for c in CLASSES:
         g[f"cond{c}"] = {"class_type": "ABTest_ClassConditioning", "inputs": {"name": name, "digit": c}}
@@ -104,6 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg", type=float, default=3.0)
     for name in ("order", "interval", "warmup"):      # the AB-Cache node's defaults
         ap.add_argument(f"--{name}", type=int, default=default(name))
+    ap.add_argument("--speed", type=float, default=default("speed"), help="the node's speed (0: interval/warm-up)")
     ap.add_argument("--video-steps", type=int, default=30, help="steps of the video model (0: skip the video)")
     ap.add_argument("--video-cfg", type=float, default=5.0)
     ap.add_argument("--out", type=Path, default=REPO / "demo_output")
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
         def run(tag, **g):
             """One graph through the server: (latents of all classes, execution seconds, history entry)."""
             bar.set_postfix_str(f"sampling ({tag})")
-            entry = srv.run(graph(order=args.order, interval=args.interval, warmup=args.warmup, tag=tag, **g),
+            entry = srv.run(graph(order=args.order, interval=args.interval, warmup=args.warmup, speed=args.speed,
+                                  tag=tag, **g),
                             timeout=1200)
             files = [entry["outputs"][f"save{c}"]["latents"][0] for c in CLASSES]
             lat = [load_file(str(srv.base / "output" / f["subfolder"] / f["filename"]))["latent_tensor"] for f in files]

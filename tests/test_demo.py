@@ -18,13 +18,13 @@ def test_demo_matches_the_benchmark(comfy, env, tmp_path):
     res = demo.main(["--steps", "12", "--video-steps", "8", "--out", str(tmp_path)])
     assert (tmp_path / "side_by_side.png").stat().st_size > 1000
     assert (tmp_path / "report.png").stat().st_size > 1000
-    assert res["calls_full"] == 10 * 12 and res["calls_cached"] == 10 * 6  # steps 0,1,2,3,7,11
+    assert res["calls_full"] == 10 * 12 and res["calls_cached"] == 10 * 4  # speed 3: steps 0, 4, 7, 11
 
     b = Bench(classes=demo.CLASSES, seeds=range(demo.SEEDS), repeats=1)
     s = Setting("euler", 12, 3.0)
     ref, calls_full, _ = b.sample_all(b.patcher, s)
-    imgs, calls, _ = b.sample_all(b.ab(2, 4, 3), s)
-    assert (calls_full, calls) == (12, 6)
+    imgs, calls, _ = b.sample_all(b.harness.apply_node(b.nodes.ABCacheNode, b.patcher), s)   # node defaults
+    assert (calls_full, calls) == (12, 4)
     assert torch.allclose(res["images_full"], ref, atol=1e-5)
     assert torch.allclose(res["images_cached"], imgs, atol=1e-5)
     assert res["psnr"] == pytest.approx(psnr_ssim(ref, imgs)[0], abs=0.05)
@@ -32,7 +32,7 @@ def test_demo_matches_the_benchmark(comfy, env, tmp_path):
     # video: an animated GIF of 8 frames, and the same clips as the harness (cfg 5 -> 2 chunks per call)
     gif = Image.open(tmp_path / "video_side_by_side.gif")
     assert gif.is_animated and gif.n_frames == 8
-    assert res["video_calls_full"] == 10 * 8 and res["video_calls_cached"] == 10 * 5  # steps 0,1,2,3,7
+    assert res["video_calls_full"] == 10 * 8 and res["video_calls_cached"] == 10 * 3  # speed 3: steps 0, 4, 7
     vb = Bench(classes=demo.CLASSES, seeds=range(demo.VIDEO_SEEDS), repeats=1, model="wan")
     vs = Setting("euler", 8, 5.0)
     vref, _, _ = vb.sample_all(vb.patcher, vs)
