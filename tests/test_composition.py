@@ -318,7 +318,7 @@ def test_torch_compile_blocks_node(env):
         return out[0] if isinstance(out, tuple) else out.result[0]
 
     kw = dict(compute_blocks=1, order=2, mode="fixed", interval=INTERVAL, warmup=WARMUP)
-    computed = sum(plan(CacheSettings(interval=INTERVAL, warmup=WARMUP), STEPS))
+    computed = sum(plan(CacheSettings(mode="fixed", interval=INTERVAL, warmup=WARMUP), STEPS))
     assert computed < STEPS
 
     def blocks(model):

@@ -66,7 +66,7 @@ FRESH_PROCESS = textwrap.dedent("""
     from safetensors.torch import save_file
     n = load_nodes()
     case = tiny_models.build("flux_dev", seed=0)
-    m = n.ABCacheNode.execute(case.patcher, 2, 3, 2)[0]
+    m = harness.abcache(n, case.patcher)      # as _cached below
     out = harness.sample(m, case.latent, case.positive(1), case.negative(2), steps=12)
     save_file({{"out": out.contiguous()}}, {path!r})
 """)

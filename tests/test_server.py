@@ -151,7 +151,7 @@ def test_linked_inputs_validate_when_their_value_is_known(server):
     from abcache_core import PARAMS
 
     kinds = {"int": "PrimitiveInt", "float": "PrimitiveFloat", "text": "PrimitiveString", "bool": "PrimitiveBoolean"}
-    g = graph(_node_inputs("ABCacheAdvanced", order=2, interval=4, warmup=3), prefix="linked")
+    g = graph(_node_inputs("ABCacheAdvanced", order=2, interval=4, warmup=3, mode="fixed"), prefix="linked")
     values = dict(g["2"]["inputs"])
     for i, (name, value) in enumerate(v for v in values.items() if v[0] in PARAMS):
         kind = PARAMS[name].kind
