@@ -73,10 +73,11 @@ _TABLE = (
         "caches do); 2 = linear; 3-4 = higher order (more accurate on smooth schedules, more sensitive to "
         "noise).")),
     Param("interval", "int", 4, min=1, max=20, step=1, tooltip=(
-        "After warm-up, run the model on every N-th step and extrapolate the steps in between. 1 = no skipping; "
-        "4 = about 3x fewer model calls at 50 steps.")),
+        "Fixed schedule (speed 0, or mode fixed): after warm-up, run the model on every N-th step and extrapolate "
+        "the steps in between. 1 = no skipping; 4 = about 3x fewer model calls at 50 steps.")),
     Param("warmup", "int", 3, min=0, max=200, step=1, tooltip=(
-        "Number of first steps that always run the model (the early, high-noise steps change fastest).")),
+        "Fixed schedule (speed 0, or mode fixed): number of first steps that always run the model (the early, "
+        "high-noise steps change fastest).")),
     Param("mode", "choice", "even", choices=MODES, tooltip=(
         "even: run the model on the first and the last step and on evenly spread steps between, as many as "
         "'speed' allows (no warm-up). fixed: the first warm-up steps, then every interval-th step. adaptive: "

@@ -289,25 +289,31 @@ class CacheRun:
                 h = (cs[0] - cs[-1]) / (k - 1) if k > 1 else target - cs[0]
             out = self._combine([e.y for e in entries[:k]], paper_weights(k, h), device)
             return None if out is None else (out, k, float("nan"))
-        out = None
+        got = None                  # (prediction, points used), in the space the rule picks
         if here is not None:
             space, fit = extrapolation_rule(s, here.pos - entries[0].pos)
             if space == "noise":
-                out = self._predict_noise(entries, target, device, here, fit)
-        if out is None:
-            w, k = self._guarded(lambda m: lagrange_weights([e.coord for e in entries[:m]], target), k)
-            if w is None:
-                return None
-            out = self._combine([e.y for e in entries[:k]], w, device)
-        if out is None or not want_estimate:
-            return None if out is None else (out, k, float("nan"))
+                def predict(m):
+                    return self._predict_noise(entries, target, device, here, fit, m)
+                got = predict(k if fit == "lagrange" else s.fit_points)
+        if got is None:             # the output: the rule says so, or no noise estimate / input / map here
+            def predict(m):
+                w, m = self._guarded(lambda n: lagrange_weights([e.coord for e in entries[:n]], target), m)
+                out = None if w is None else self._combine([e.y for e in entries[:m]], w, device)
+                return None if out is None else (out, m)
+            got = predict(k)
+        if got is None:
+            return None
+        out, k = got
+        if not want_estimate:
+            return out, k, float("nan")
         if k < 2:
             return out, k, float("inf")
-        lo = self._combine([e.y for e in entries[: k - 1]],
-                           lagrange_weights([e.coord for e in entries[: k - 1]], target), device)
+        # embedded estimate: the same rule with one point fewer, in the same space
+        lo = predict(k - 1)
         if lo is None:
             return None
-        hi_t, lo_t = out.float(), lo.float()
+        hi_t, lo_t = out.float(), lo[0].float()
         denom = float(torch.linalg.vector_norm(hi_t))
         err = float(torch.linalg.vector_norm(hi_t - lo_t)) / denom if denom > 0 else float("inf")
         return out, k, err
@@ -322,13 +328,13 @@ class CacheRun:
             k -= 1
         return None, 0
 
-    def _predict_noise(self, entries: list, target: float, device, here: "Here", fit: str) -> Optional[torch.Tensor]:
-        """The output recombined from the noise estimate: the last noise estimates extrapolated to ``target``
-        (fit ``lagrange``: exact through ``order`` points; ``lsq``: a least-squares line through ``fit_points``),
-        turned back into an output with the current input. None when the history has no noise estimates, the
-        input is missing or the map cannot recombine at this sigma."""
+    def _predict_noise(self, entries: list, target: float, device, here: "Here", fit: str, limit: int):
+        """(output, points used): the output recombined from the noise estimate -- the last noise estimates (at
+        most ``limit``) extrapolated to ``target`` (fit ``lagrange``: exact through them; ``lsq``: a least-squares
+        line), turned back into an output with the current input. None when the history has no noise estimates,
+        the input is missing or the map cannot recombine at this sigma."""
         space, x = here.space, here.x
-        points = self.settings.order if fit == "lagrange" else self.settings.fit_points
+        points = limit
         noisy = []
         for e in entries[:points]:
             if e.eps is None:
@@ -352,7 +358,7 @@ class CacheRun:
         y = space.from_noise(eps, x.to(eps.device), here.sigma)
         if not bool(torch.isfinite(y).all()):
             return None
-        return y.to(noisy[0].y.dtype)
+        return y.to(noisy[0].y.dtype), m
 
     @staticmethod
     def _combine(tensors, weights, device, cast: bool = True):

@@ -17,3 +17,14 @@ def write_section(name: str, title: str, body: str, doc: Path = DOC) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text)
+
+
+def table_cells(text: str, columns: int, header: str) -> list[list[str]]:
+    """The body rows of the markdown tables in ``text`` with ``columns`` cells each (stripped), skipping header
+    lines (first cell ``header``) and separators: reads back a table a benchmark printed or wrote."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == columns and cells[0] not in (header, "---"):
+            rows.append(cells)
+    return rows

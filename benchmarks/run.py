@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import table_cells, write_section  # noqa: E402
 
 DOCS = REPO / "docs"
 
@@ -276,10 +276,7 @@ DEFAULTS_NOTE = (
 def rows_from_markdown(text: str) -> list[Row]:
     """Rows back from a table written by fmt_table (to re-summarise without re-running)."""
     rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 8 or cells[0] in ("setting", "---"):
-            continue
+    for cells in table_cells(text, 8, "setting"):
         psnr = math.inf if cells[4] == "∞" else float(cells[4])
         rows.append(Row(cells[0], cells[1], cells[2], float(cells[3]), psnr, float(cells[5]),
                         float(cells[6].rstrip("x")), float(cells[7])))

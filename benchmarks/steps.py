@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from benchmarks.report import write_section  # noqa: E402
+from benchmarks.report import table_cells, write_section  # noqa: E402
 from benchmarks.run import Bench, Setting, bisect_param  # noqa: E402
 
 SEARCH_SEED_BASE, HELD_OUT_SEED_BASE = 1000, 7000
@@ -70,7 +70,7 @@ STUDY = {
                                                                   fit_points=3),
 }
 # The study's settings (the table adds heun and dpmpp_2m at 20 steps).
-STUDY_SETTINGS = ((0, 1, 2, 3, 5))
+STUDY_SETTINGS = (0, 1, 2, 3, 5)
 
 
 @dataclasses.dataclass
@@ -284,13 +284,7 @@ def main(argv=None) -> int:
 
 def rows_from_text(text: str) -> list[SRow]:
     """The rows of a table printed by fmt (header and separator lines skipped)."""
-    rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 6 or cells[0] in ("model", "---"):
-            continue
-        rows.append(SRow(cells[0], cells[1], cells[2], cells[3], float(cells[4]), float(cells[5])))
-    return rows
+    return [SRow(c[0], c[1], c[2], c[3], float(c[4]), float(c[5])) for c in table_cells(text, 6, "model")]
 
 
 def summarize_study(rows: list[SRow]) -> str:
