@@ -79,11 +79,12 @@ _TABLE = (
         "Fixed schedule (speed 0, or mode fixed): number of first steps that always run the model (the early, "
         "high-noise steps change fastest).")),
     Param("mode", "choice", "even", choices=MODES, tooltip=(
-        "even: run the model on the first and the last step and on evenly spread steps between, as many as "
-        "'speed' allows (no warm-up). fixed: the first warm-up steps, then every interval-th step. adaptive: "
-        "skip while the built-in error estimate stays under the tolerance. table: follow the per-step mask in "
-        "'table'. paper: the AB-Cache paper's exact rule (compute when step < warmup or step % interval == 0, "
-        "binomial weights; set final_steps to 0 for the official schedule).")),
+        "even: run the model on the first and the last step and on steps spread between (closer together where "
+        "the schedule's steps are longer), as many as 'speed' allows (no warm-up). fixed: the first warm-up "
+        "steps, then every interval-th step. adaptive: skip while the built-in error estimate stays under the "
+        "tolerance. table: follow the per-step mask in 'table'. paper: the AB-Cache paper's exact rule (compute "
+        "when step < warmup or step % interval == 0, binomial weights; set final_steps to 0 for the official "
+        "schedule).")),
     Param("coordinate", "choice", "auto", choices=COORDINATES, tooltip=(
         "Axis on which the extrapolation weights are computed. auto = sigma for flow models (FLUX, Wan, "
         "HunyuanVideo, LTX), lambda = -log(sigma) for VP models (SD, CogVideoX); step = step index (ignores the "
@@ -120,9 +121,9 @@ _TABLE = (
         "19 + 38) that run on every step. The later blocks reuse or extrapolate their cached residual on "
         "skipped steps. 0 = reuse every block on skipped steps.")),
     Param("speed", "float", 3.0, min=0.0, max=10.0, step=0.25, tooltip=(
-        "How many times fewer model calls to make: 3 = one call in three (about 3x faster), evenly spread over "
-        "the steps, first and last step included. 0 = use order/interval/warm-up as set (the fixed schedule of "
-        "earlier versions).")),
+        "How many times fewer model calls to make: 3 = one call in three (about 3x faster), spread over the "
+        "steps (closer together where the schedule's steps are longer), first and last step included. 0 = use "
+        "order/interval/warm-up as set (the fixed schedule of earlier versions).")),
     Param("extrapolator", "choice", "noise", choices=EXTRAPOLATORS, tooltip=(
         "What a skipped step is extrapolated from. noise: the model's noise estimate at the last computed steps, "
         "recombined with the skipped step's own latent (the model output where no exact map exists: EDM, x0). "

@@ -6,8 +6,9 @@ the model more than once per step (Heun, DPM-2, DPM++ 2S) or between schedule po
 the step whose interval [sigmas[i], sigmas[i+1]) contains that sigma.
 
 Modes
-* ``even``     -- compute the first and the last step and evenly spread steps between: as many computed steps
-                  as ``speed`` allows (``calls_for_speed``), no warm-up (:func:`even_steps`).
+* ``even``     -- compute the first and the last step and spread steps between, evenly in the measure
+                  (step length in flow time)^SPREAD_POWER: as many computed steps as ``speed`` allows
+                  (``calls_for_speed``), no warm-up (:func:`spread_steps`).
 * ``fixed``    -- compute the first ``warmup`` steps, then every ``interval``-th step; extrapolate between.
 * ``paper``    -- the official AB-Cache schedule and rule: compute when ``i < warmup or i % interval == 0``
                   (the released code: ``i < 5 or i % 6 == 0``), binomial weights on the computed history.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Optional, Sequence
 
@@ -288,15 +290,55 @@ def speed_problem(settings: CacheSettings, steps: int) -> Optional[str]:
             f"{steps / MIN_USEFUL_CALLS:.1f} here) or use more steps.")
 
 
+# Placement (docs/DESIGN.md, "Placement"): a skipped step adds to the result about its length dt in flow time
+# times its extrapolation error, which grows like g^k with the gap g (in steps) for an order-k rule; the sum is
+# smallest where the density of computed steps follows dt^(1/(k+1)) -- 1/3 for the default order 2. Measured
+# against plain even spacing on every trained model (docs/BENCHMARKS.md, "steps" section).
+SPREAD_POWER = 1.0 / 3.0
+
+
+def flow_time(sigma: float, flow: bool) -> float:
+    """``sigma`` as the time t of a flow path x = (1 - t) x0 + t eps: t = sigma for flow models; for the others
+    (x = x0 + sigma eps) x / (1 + sigma) is that path with t = sigma / (1 + sigma)."""
+    sigma = float(sigma)
+    return sigma if flow else sigma / (1.0 + sigma)
+
+
+def flow_times(schedule: Sequence[float], flow: bool) -> tuple:
+    """:func:`flow_time` of every sigma of a schedule (a tuple: placement results are cached by it)."""
+    return tuple(flow_time(s, flow) for s in schedule)
+
+
+def equal_times(steps: int) -> tuple:
+    """A schedule of ``steps`` equal steps in flow time: placement evenly by step index."""
+    return tuple(float(steps - i) / max(steps, 1) for i in range(steps + 1))
+
+
 @functools.lru_cache(maxsize=256)
-def even_steps(steps: int, calls: int) -> frozenset:
-    """The ``calls`` computed steps of ``steps`` evenly spread: round(i (steps - 1) / (calls - 1)), i = 0..calls-1,
-    so the first and the last step are computed and the gaps between computed steps differ by at most one."""
+def spread_steps(times: tuple, calls: int, power: float = SPREAD_POWER) -> frozenset:
+    """The ``calls`` computed steps of the len(times) - 1 steps of a schedule given in flow time (``times``).
+
+    Step i has weight |times[i] - times[i + 1]|^power (power 0: evenly by index) and sits at the weight of the
+    steps before it, scaled so that the first step is at 0 and the last at 1; the computed steps are the steps
+    nearest to ``calls`` evenly spaced targets 0, 1/(calls - 1), ..., 1 (a tie goes to the later step, a taken
+    step to the nearest free one). So the first and the last step are computed, and with equal steps the gaps
+    between computed steps differ by at most one."""
+    steps = len(times) - 1
     if calls >= steps:
-        return frozenset(range(steps))
+        return frozenset(range(max(steps, 0)))
     if calls <= 1:
-        return frozenset({0}) if steps else frozenset()
-    return frozenset(int(math.floor(i * (steps - 1) / (calls - 1) + 0.5)) for i in range(calls))
+        return frozenset({0}) if steps > 0 else frozenset()
+    weight = [abs(float(times[i]) - float(times[i + 1])) ** power for i in range(steps)]
+    before = list(itertools.accumulate(weight[:-1], initial=0.0))
+    if not before[-1] > 0:
+        before = [float(i) for i in range(steps)]
+    position = [b / before[-1] for b in before]
+    chosen: set = set()
+    for j in range(calls):
+        target = j / (calls - 1)
+        chosen.add(min((i for i in range(steps) if i not in chosen),
+                       key=lambda i: (round(abs(position[i] - target), 9), -i)))
+    return frozenset(chosen)
 
 
 def extrapolation_rule(settings: CacheSettings, reach: float) -> tuple[str, str]:
@@ -319,8 +361,9 @@ def extrapolation_rule(settings: CacheSettings, reach: float) -> tuple[str, str]
     return "noise", "lagrange"
 
 
-def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[bool]:
-    """Schedule-level decision for ``step`` of ``steps``.
+def planned_compute(settings: CacheSettings, step: int, steps: int, times: Optional[tuple] = None) -> Optional[bool]:
+    """Schedule-level decision for ``step`` of ``steps``; ``times``: the schedule in flow time (:func:`flow_times`,
+    steps + 1 values), which places even mode's computed steps (None: equal steps).
 
     True: must compute. False: may skip (if the history allows it). None: adaptive decides at call time.
     """
@@ -329,7 +372,8 @@ def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[
     if settings.mode == "even":
         if not (settings.start_percent <= step / steps < settings.end_percent):
             return True
-        return step in even_steps(steps, calls_for_speed(steps, settings.speed))
+        return step in spread_steps(times if times is not None else equal_times(steps),
+                                    calls_for_speed(steps, settings.speed))
     if step < settings.warmup or step >= steps - settings.final_steps:
         return True
     frac = step / steps
@@ -345,6 +389,6 @@ def planned_compute(settings: CacheSettings, step: int, steps: int) -> Optional[
     return None  # adaptive
 
 
-def plan(settings: CacheSettings, steps: int) -> list[Optional[bool]]:
+def plan(settings: CacheSettings, steps: int, times: Optional[tuple] = None) -> list[Optional[bool]]:
     """planned_compute for every step (None where adaptive decides at call time)."""
-    return [planned_compute(settings, i, steps) for i in range(steps)]
+    return [planned_compute(settings, i, steps, times) for i in range(steps)]

@@ -30,8 +30,8 @@ from typing import Any, Hashable, Iterable, Mapping, NamedTuple, Optional, Seque
 
 import torch
 
-from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, planned_compute, schedule_problem,
-                     step_position)
+from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, flow_times, planned_compute,
+                     schedule_problem, step_position)
 from .spaces import NoiseMap
 from .weights import amplification, lagrange_weights, least_squares_weights, paper_weights
 
@@ -98,6 +98,7 @@ class CacheRun:
         self.settings = settings.resolved(flow).validate()
         self.schedule = [float(s) for s in schedule]
         self.steps = max(len(self.schedule) - 1, 0)
+        self.times = flow_times(self.schedule, flow)     # places even mode's computed steps
         self.unsupported: Optional[str] = schedule_problem(self.schedule)   # set: nothing is cached
         self.records: list[CallRecord] = []
         self._hist: dict[Hashable, deque] = {}
@@ -184,7 +185,7 @@ class CacheRun:
             return pos, None, "off-schedule"
         level = round(sigma, 12)
         prior = self._decided.get(level)
-        if planned_compute(self.settings, int(math.floor(pos + 1e-6)), self.steps) is True:
+        if planned_compute(self.settings, int(math.floor(pos + 1e-6)), self.steps, self.times) is True:
             return pos, level, "planned"
         if prior is True:
             return pos, level, "same sigma computed"

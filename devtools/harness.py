@@ -103,11 +103,12 @@ def abcache(nodes, model, **inputs):
     return apply_node(nodes.ABCacheNode if simple else nodes.ABCacheAdvancedNode, model, **inputs)
 
 
-def expected_calls(spy: Spy, settings) -> int:
-    """Real forward calls a fixed/paper/table plan asks for, given the calls an unpatched run made."""
+def expected_calls(spy: Spy, settings, flow: bool = True) -> int:
+    """Real forward calls a fixed/paper/table/even plan asks for, given the calls an unpatched run made (``flow``:
+    whether the model is a flow model, which places even mode's steps)."""
     import math
 
-    from abcache_core import planned_compute, step_position
+    from abcache_core import flow_times, planned_compute, step_position
 
     n = 0
     for sigma, sched in zip(spy.sigmas, spy.schedules):
@@ -115,7 +116,8 @@ def expected_calls(spy: Spy, settings) -> int:
         if pos is None or sigma <= 0:
             n += 1
             continue
-        n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1) is not False
+        n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1,
+                             flow_times(sched, flow)) is not False
     return n
 
 

@@ -51,7 +51,7 @@ class ABCacheNode(io.ComfyNode):
             category=CATEGORY,
             description="Speeds up sampling by skipping model calls and extrapolating their output from the "
                         "last computed steps (Adams-Bashforth / Lagrange weights on the real sigma grid). "
-                        "Set 'speed' (3 = a third of the model calls, evenly spread); speed 0 uses order, "
+                        "Set 'speed' (3 = a third of the model calls, spread over the steps); speed 0 uses order, "
                         "interval and warm-up instead. Works with every sampler that uses this model.",
             inputs=[io.Model.Input("model", tooltip=MODEL_TIP)] + [widget(p) for p in SIMPLE.values()]
                    + [widget(p, optional=True) for p in SIMPLE_OPTIONAL.values()],

@@ -23,10 +23,10 @@ def _abcache(env, model, *schedule, **inputs):
     return env.harness.abcache(env.nodes, model, **dict(zip(("order", "interval", "warmup"), schedule)), **inputs)
 
 
-def _expected(spy, settings):
+def _expected(spy, settings, flow=True):
     from devtools.harness import expected_calls
 
-    return expected_calls(spy, settings)
+    return expected_calls(spy, settings, flow)
 
 
 def _run(env, case, model, **kw):
@@ -58,16 +58,23 @@ def test_identity_and_plan(env, family, sampler):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_node_defaults_even_placement_and_noise_space(env, family):
     """The simple node at its defaults (speed 3: even placement, extrapolator noise): the forward runs on exactly
-    the planned steps (first, last, evenly spread between), outputs are finite, and where the model has a noise
-    map the far skips really use it (output differs from the output-space extrapolator on the same steps)."""
-    from abcache_core import CacheSettings
+    the planned steps (first, last, spread between by the schedule's step lengths in flow time), outputs are
+    finite, and where the model has a noise map the far skips really use it (output differs from the
+    output-space extrapolator on the same steps)."""
+    import comfy.model_sampling
+
+    from abcache_core import CacheSettings, calls_for_speed, flow_times, spread_steps, step_position
 
     case = env.case(family)
     steps = 12
     ref, spy_ref = _run(env, case, case.patcher, steps=steps, sampler="euler")
     m = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher)          # every input at its default
     on, spy_on = _run(env, case, m, steps=steps, sampler="euler")
-    assert spy_on.calls == _expected(spy_ref, CacheSettings(mode="even", speed=3.0)) == 4 * spy_ref.calls // steps
+    flow = isinstance(case.patcher.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    assert spy_on.calls == _expected(spy_ref, CacheSettings(mode="even", speed=3.0), flow) == 4 * spy_ref.calls // steps
+    sched = spy_ref.schedules[0]
+    ran = sorted({round(step_position(sc, s)) for s, sc in zip(spy_on.sigmas, spy_on.schedules)})
+    assert ran == sorted(spread_steps(flow_times(sched, flow), calls_for_speed(steps, 3.0)))
     st = env.tm.streams
     assert all(torch.isfinite(o).all() for o in st(on)) and spy_on.inputs_intact
     out_space = env.harness.apply_node(env.nodes.ABCacheAdvancedNode, case.patcher, mode="even", speed=3.0,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abcache_core import CacheRun, CacheSettings, plan
-from abcache_core.policy import calls_for_speed, even_steps, extrapolation_rule
+from abcache_core.policy import SPREAD_POWER, calls_for_speed, equal_times, extrapolation_rule, flow_times, spread_steps
 from abcache_core.spaces import NoiseMap
 
 finite = dict(allow_nan=False, allow_infinity=False)
@@ -140,15 +140,59 @@ def test_calls_for_speed(steps, speed, calls):
 
 @settings(max_examples=200, deadline=None)
 @given(steps=st.integers(2, 200), speed=st.floats(1.0, 10.0, **finite))
-def test_even_placement_first_last_and_spread(steps, speed):
+def test_even_placement_on_equal_steps_first_last_and_spread(steps, speed):
     calls = calls_for_speed(steps, speed)
-    chosen = sorted(even_steps(steps, calls))
+    chosen = sorted(spread_steps(equal_times(steps), calls))
     assert len(chosen) == calls and chosen[0] == 0 and chosen[-1] == steps - 1
     gaps = [b - a for a, b in zip(chosen, chosen[1:])]
     assert max(gaps) - min(gaps) <= 1
-    # the plan of even mode is exactly this set, whatever warm-up / interval say
+    # the plan of even mode without a schedule is exactly this set, whatever warm-up / interval say
     p = plan(CacheSettings(mode="even", speed=speed, warmup=5, interval=2, final_steps=3), steps)
     assert [i for i, c in enumerate(p) if c] == chosen
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.floats(1e-4, 1.0, **finite), min_size=2, max_size=80), speed=st.floats(1.0, 6.0, **finite))
+def test_spread_placement_on_any_schedule(lengths, speed):
+    """Any strictly decreasing schedule: exactly calls_for_speed steps, the first and the last among them."""
+    times = tuple(sum(lengths[i:]) for i in range(len(lengths))) + (0.0,)
+    steps = len(lengths)
+    calls = calls_for_speed(steps, speed)
+    chosen = sorted(spread_steps(times, calls))
+    assert len(chosen) == calls and chosen[0] == 0 and chosen[-1] == steps - 1
+
+
+def test_spread_placement_follows_step_length():
+    """Long steps get computed steps more often: with the second half's steps 8x longer, the density there is
+    8^SPREAD_POWER = 2x the first half's (the equidistribution of an order-2 rule, docs/DESIGN.md)."""
+    lengths = [1.0] * 30 + [8.0] * 30
+    times = tuple(sum(lengths[i:]) for i in range(60)) + (0.0,)
+    chosen = spread_steps(times, 16)
+    first, second = sum(1 for i in chosen if i < 30), sum(1 for i in chosen if i >= 30)
+    assert SPREAD_POWER == pytest.approx(1 / 3)
+    assert (first, second) in ((5, 11), (6, 10)), (first, second)
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_cache_run_places_computed_steps_by_its_schedule(flow):
+    """CacheRun in even mode computes exactly the steps spread_steps picks on its schedule in flow time (flow:
+    t = sigma; eps/v: t = sigma / (1 + sigma)), not the steps evenly spread by index."""
+    steps = 30
+    if flow:   # FLUX-like shifted schedule: short steps first
+        sched = [3 * (1 - i / steps) / (1 + 2 * (1 - i / steps)) for i in range(steps + 1)]
+    else:      # Karras-like VP schedule
+        sched = [(14.6 ** (1 / 7) + i / (steps - 1) * (0.03 ** (1 / 7) - 14.6 ** (1 / 7))) ** 7 for i in range(steps)]
+        sched.append(0.0)
+    settings = CacheSettings(mode="even", speed=3.0)
+    run = CacheRun(settings, sched, flow=flow)
+    computed = []
+    for i, s in enumerate(sched[:-1]):
+        if not run.decide(s, ["k"]).skip:
+            computed.append(i)
+            run.record(s, {"k": torch.full((3,), s)})
+    want = sorted(spread_steps(flow_times(sched, flow), calls_for_speed(steps, 3.0)))
+    assert computed == want
+    assert want != sorted(spread_steps(equal_times(steps), calls_for_speed(steps, 3.0)))
 
 
 def test_even_mode_needs_a_speed_of_at_least_one():

@@ -306,12 +306,16 @@ SEED = 20250101
 def cache_plan(steps: int, order: int, interval: int, warmup: int, final_steps: int = 1, mode: str = "fixed",
                speed: float = 0.0, **_ignored) -> str:
     """One line saying which steps run the model, computed by the same code the node runs (``speed`` > 0: the
-    simple node's even placement)."""
+    simple node's even placement, whose steps depend on the model's schedule: only their number is given)."""
     if speed > 0:
         mode = "even"
     flags = plan(CacheSettings(mode=mode, order=order, interval=interval, warmup=warmup, speed=speed,
                                final_steps=final_steps).validate(), steps)
     computed = [i for i, f in enumerate(flags) if f]
+    if mode == "even":
+        return (f"With {steps} steps the model runs on {len(computed)} of them ({steps / len(computed):.1f}x fewer "
+                f"calls): the first, the last, and steps spread between, closer together where the schedule's "
+                f"steps are longer. Every other step is extrapolated.")
     return (f"With {steps} steps the model runs on steps {', '.join(map(str, computed))} "
             f"({len(computed)} of {steps} calls, {steps / len(computed):.1f}x fewer); every other step "
             f"is extrapolated.")
@@ -337,7 +341,7 @@ def video_out(wf: Workflow, pos, images, fps: float, prefix: str) -> Node:
 
 AB_HOW = ("AB-Cache skips model calls and extrapolates the skipped outputs from the last computed ones "
           "(Adams-Bashforth / Lagrange weights on the real noise levels). AB-Cache node: speed = how many times "
-          "fewer model calls, evenly spread, first and last step included (speed 0 uses order / interval / "
+          "fewer model calls spread over the steps, first and last step included (speed 0 uses order / interval / "
           "warm-up instead). Advanced node, fixed mode: order = how many computed outputs each skipped one is "
           "extrapolated from; interval = after the warm-up, the model runs on every interval-th step; warmup = "
           "first steps that always run; the last step always runs.")
@@ -368,7 +372,7 @@ def flux1_dev_t2i() -> Workflow:
     wf.add("SaveImage", (1220, 0), size=(560, 600), images=image, filename_prefix="abcache/flux1_dev")
     wf.settings_note(
         (400, 560),
-        f"AB-Cache on FLUX.1 [dev]: speed {ab['speed']:g} (evenly spread model calls, first and last step "
+        f"AB-Cache on FLUX.1 [dev]: speed {ab['speed']:g} (model calls spread over the steps, first and last step "
         f"included).",
         cache_plan(steps, **ab),
         "FLUX dev is guidance-distilled (cfg 1, no negative pass), so every skipped step saves one full "
@@ -463,7 +467,7 @@ def _ltxv(name: str, i2v: bool) -> Workflow:
                 f"{ab['interval']}, warmup {ab['warmup']}, final_steps {ab['final_steps']}. final_steps 2 keeps "
                 f"the last two (lowest-noise) steps exact, where the fine detail is set.")
     else:
-        what = f"AB-Cache on LTX-Video text-to-video: speed {ab['speed']:g} (evenly spread model calls)."
+        what = f"AB-Cache on LTX-Video text-to-video: speed {ab['speed']:g} (model calls spread over the steps)."
     wf.settings_note(
         (0, 660 if i2v else 450), what, cache_plan(steps, **ab),
         "With cfg 3 each model call runs the positive and the negative prompt; each is extrapolated from its "
@@ -504,7 +508,7 @@ def wan21_t2v() -> Workflow:
     video_out(wf, (1240, 120), frames, 16.0, "abcache/wan21_t2v")
     wf.settings_note(
         (420, 440),
-        f"AB-Cache on Wan 2.1 text-to-video: speed {ab['speed']:g} (evenly spread model calls).",
+        f"AB-Cache on Wan 2.1 text-to-video: speed {ab['speed']:g} (model calls spread over the steps).",
         cache_plan(steps, **ab),
         "The cache sits after ModelSamplingSD3 (shift 8), right before the sampler. With cfg 6 the positive "
         "and negative passes are extrapolated separately. uni_pc is a multistep sampler and works unchanged. "
