@@ -1,7 +1,8 @@
 """AB-Cache against what a user would pick instead, at everyday step counts, on every trained model.
 
     python -m benchmarks.steps                  # the table (held-out noise), writes docs/BENCHMARKS.md
-    python -m benchmarks.steps --study          # the extrapolator/placement study on the search noise
+    python -m benchmarks.steps --study          # the extrapolator study on the search noise
+    python -m benchmarks.steps --placement      # the placement study on the search noise
     python -m benchmarks.steps --models flux    # one model; --quick: fewer settings
     python -m benchmarks.steps --from-log a.log b.log   # write the section from runs split over processes
 
@@ -13,7 +14,8 @@ more is marked).
 
 Methods at each budget:
 * **AB-Cache (node defaults)**: the simple node with only ``speed`` set: even placement (first and last step,
-  the rest evenly spread, no warm-up) and the ``noise`` extrapolator (the noise estimate, order 2);
+  the rest spread by the schedule's step lengths, no warm-up) and the ``noise`` extrapolator (the noise
+  estimate, order 2);
 * ablation: the same steps with the ``output`` extrapolator (the raw output, the paper's rule); and the rule
   before this study (fixed: warm-up 3, order 2, every 4th step, output) at its own call count, against the
   new defaults at the same count;
@@ -39,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
+from abcache_core.policy import SPREAD_POWER  # noqa: E402
 from benchmarks.report import table_cells, write_section  # noqa: E402
 from benchmarks.run import Bench, Setting, bisect_param  # noqa: E402
 
@@ -71,6 +74,10 @@ STUDY = {
 }
 # The study's settings (the table adds heun and dpmpp_2m at 20 steps).
 STUDY_SETTINGS = (0, 1, 2, 3, 5)
+# The placement study's candidates: the power of the step length (in flow time) that spread_steps spreads by;
+# 0 = evenly by step index. The default is policy.SPREAD_POWER.
+PLACEMENTS = {"evenly by step index": 0.0, "spread, power 1/3 (default)": 1.0 / 3.0, "spread, power 1/2": 0.5}
+PLACEMENT_SETTINGS = (0, 1, 2)      # euler at cfg > 1, 20 / 28 / 50 steps
 
 
 @dataclasses.dataclass
@@ -113,6 +120,22 @@ class Runner:
             return integration.apply_ab_cache(self.b.patcher, CacheSettings(**inputs))
         return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, **inputs)
 
+    def placed(self, s: Setting, speed: float, power: float):
+        """AB-Cache with the defaults' extrapolator on the steps spread_steps picks with ``power`` on this
+        setting's schedule (through the Advanced node's table mode: the same steps, no warm-up or final step)."""
+        import comfy.model_sampling
+        import comfy.samplers
+
+        from abcache_core.policy import calls_for_speed, flow_times, spread_steps
+
+        sampling = self.b.patcher.get_model_object("model_sampling")
+        sigmas = comfy.samplers.calculate_sigmas(sampling, s.scheduler, s.steps).tolist()
+        flow = isinstance(sampling, comfy.model_sampling.CONST)
+        steps = spread_steps(flow_times(sigmas, flow), calls_for_speed(s.steps, speed), power)
+        table = "".join("F" if i in steps else "s" for i in range(s.steps))
+        return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, mode="table", table=table,
+                                         warmup=0, final_steps=0, extrapolator="noise", order=2)
+
     def simple(self, **inputs):
         return self.b.harness.apply_node(self.b.nodes.ABCacheNode, self.b.patcher, **inputs)
 
@@ -150,12 +173,13 @@ def psnr(ref, imgs) -> float:
     return statistics.fmean(frame_metrics(ref, imgs)[0])
 
 
-def run_model(model: str, study: bool, quick: bool, seeds: int) -> list[SRow]:
+def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool = False) -> list[SRow]:
+    study = study or placement
     r = Runner(model, seeds, SEARCH_SEED_BASE if study else HELD_OUT_SEED_BASE)
     rows = []
     chosen = settings_for(model, quick)
     if study and not quick:
-        chosen = [chosen[i] for i in STUDY_SETTINGS]
+        chosen = [chosen[i] for i in (PLACEMENT_SETTINGS if placement else STUDY_SETTINGS)]
     for s, speeds in chosen:
         t0 = time.perf_counter()
         ref, full = r.sample(r.b.patcher, s)
@@ -167,6 +191,11 @@ def run_model(model: str, study: bool, quick: bool, seeds: int) -> list[SRow]:
 
         for speed in speeds:
             budget = BUDGETS[speed]
+            if placement:
+                for label, power in PLACEMENTS.items():
+                    imgs, c = r.sample(r.placed(s, speed, power), s)
+                    add(budget, f"placement: {label}", imgs, c)
+                continue
             if study:
                 for label, inputs in STUDY.items():
                     imgs, c = r.sample(r.advanced(speed, **inputs), s)
@@ -252,6 +281,7 @@ def summarize(rows: list[SRow]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", action="store_true", help="the extrapolator study on the search noise")
+    ap.add_argument("--placement", action="store_true", help="the placement study on the search noise")
     ap.add_argument("--models", nargs="+", default=["flux", "sd15", "wan"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=None,
@@ -262,7 +292,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.from_log:
         rows = [row for path in args.from_log for row in rows_from_text(Path(path).read_text())]
-        write(rows, args.study, seeds=None)
+        write(rows, args.study, seeds=None, placement=args.placement)
         return 0
     from devtools import runtime
 
@@ -274,11 +304,11 @@ def main(argv=None) -> int:
         args.seeds = 2 if args.study else 1
     rows = []
     for model in args.models:
-        rows += run_model(model, args.study, args.quick, args.seeds)
+        rows += run_model(model, args.study, args.quick, args.seeds, args.placement)
     print(fmt(rows))
-    print(summarize(rows))
+    print(summarize_placement(rows) if args.placement else summarize_study(rows) if args.study else summarize(rows))
     if not args.no_write:
-        write(rows, args.study, args.seeds)
+        write(rows, args.study, args.seeds, args.placement)
     return 0
 
 
@@ -287,23 +317,23 @@ def rows_from_text(text: str) -> list[SRow]:
     return [SRow(c[0], c[1], c[2], c[3], float(c[4]), float(c[5])) for c in table_cells(text, 6, "model")]
 
 
-def summarize_study(rows: list[SRow]) -> str:
-    """Each candidate against the default rule (noise, Lagrange k=2) on the same steps: mean and range of the
-    PSNR difference over every model, setting and budget, and how often it is better by more than 0.2 dB."""
-    base_name = next(n for n in STUDY if n.startswith("noise, Lagrange k=2"))
-    base = {(x.model, x.setting, x.budget): x.psnr for x in rows if x.method == f"even, {base_name}"}
-    lines = [f"Against **{base_name}** (the default) on the same computed steps, over {len(base)} model x setting x "
+def summarize_study(rows: list[SRow], prefix: str = "even, ", names=tuple(STUDY),
+                    base_name: str = next(n for n in STUDY if n.startswith("noise, Lagrange k=2"))) -> str:
+    """Each candidate (method ``prefix + name``) against the default (``base_name``) at the same calls: mean and
+    range of the PSNR difference over every model, setting and budget, and how often it is better by > 0.2 dB."""
+    base = {(x.model, x.setting, x.budget): x.psnr for x in rows if x.method == f"{prefix}{base_name}"}
+    lines = [f"Against **{base_name}**{'' if 'default' in base_name else ' (the default)'} at the same calls, over {len(base)} model x setting x "
              f"budget points:"]
-    for name in STUDY:
+    for name in names:
         if name == base_name:
             continue
         d = [x.psnr - base[(x.model, x.setting, x.budget)] for x in rows
-             if x.method == f"even, {name}" and (x.model, x.setting, x.budget) in base]
+             if x.method == f"{prefix}{name}" and (x.model, x.setting, x.budget) in base]
         if d:
             wins = sum(v > 0.2 for v in d)
             per_model = []
             for model in dict.fromkeys(x.model for x in rows):
-                dm = [x.psnr - base[(x.model, x.setting, x.budget)] for x in rows if x.method == f"even, {name}"
+                dm = [x.psnr - base[(x.model, x.setting, x.budget)] for x in rows if x.method == f"{prefix}{name}"
                       and x.model == model and (x.model, x.setting, x.budget) in base]
                 if dm:
                     per_model.append(f"{model} {min(dm):+.1f} to {max(dm):+.1f}")
@@ -311,6 +341,19 @@ def summarize_study(rows: list[SRow]) -> str:
                          f"{', '.join(per_model)}); better by > 0.2 dB at {wins} of {len(d)} points.")
     return "\n".join(lines)
 
+
+def summarize_placement(rows: list[SRow]) -> str:
+    return summarize_study(rows, "placement: ", tuple(PLACEMENTS),
+                           next(n for n, p in PLACEMENTS.items() if abs(p - SPREAD_POWER) < 1e-12))
+
+
+PLACEMENT_WHY = (
+    "Which steps to compute for a given number of calls (first and last always, no warm-up), with the defaults' "
+    "extrapolator (noise estimate, order 2). Candidates spread the computed steps evenly in the measure "
+    "(step length in flow time)^power: power 0 is evenly by step index (the placement before this study); 1/3 "
+    "is what equidistributing an order-2 rule's error gives (docs/DESIGN.md, \"Placement\"). Flow schedules with "
+    "shift (FLUX, Wan) have short first steps and long last ones, so a positive power moves computed steps "
+    "toward the end.")
 
 WHY = (
     "Why these defaults. Placement: computing the first and the last step and spreading the rest evenly, with no "
@@ -325,19 +368,22 @@ WHY = (
     "count to hit a budget; the speed input does not.")
 
 
-def write(rows: list[SRow], study: bool, seeds) -> None:
-    """The study's or the table's section of docs/BENCHMARKS.md."""
+def write(rows: list[SRow], study: bool, seeds, placement: bool = False) -> None:
+    """The extrapolator study's, the placement study's or the table's section of docs/BENCHMARKS.md."""
     from devtools import runtime
 
     seeds = seeds if seeds is not None else (2 if study else 1)
-    section = "steps-study" if study else "steps"
-    title = ("Extrapolator study on the search noise (`python -m benchmarks.steps --study`)" if study else
+    section = "steps-placement" if placement else "steps-study" if study else "steps"
+    title = ("Placement study on the search noise (`python -m benchmarks.steps --placement`)" if placement else
+             "Extrapolator study on the search noise (`python -m benchmarks.steps --study`)" if study else
              "AB-Cache vs fewer steps at 20-50 steps, every trained model (`python -m benchmarks.steps`)")
-    noise = "search noise (seed base 1000)" if study else "held-out noise (seed base 7000, never used to choose)"
+    noise = ("search noise (seed base 1000)" if study or placement else
+             "held-out noise (seed base 7000, never used to choose)")
     head = (f"ComfyUI {runtime.comfyui_version()}, CPU. 10 classes x {seeds} samples per setting, {noise}. PSNR of "
             f"the decoded frames against the full run of the same sampler. Budgets are set by the node's `speed` "
             f"(2, 3, 4): 1/2, 1/3, 1/4 of the calls; every row of a budget costs at most the AB-Cache row's calls.")
-    summary = summarize_study(rows) if study else WHY + "\n\n" + summarize(rows)
+    summary = (PLACEMENT_WHY + "\n\n" + summarize_placement(rows) if placement else summarize_study(rows) if study
+               else WHY + "\n\n" + summarize(rows))
     write_section(section, title, head + "\n\n" + summary + "\n\n" + fmt(rows))
 
 
