@@ -356,16 +356,18 @@ PLACEMENT_WHY = (
     "toward the end.")
 
 WHY = (
-    "Why these defaults. Placement: computing the first and the last step and spreading the rest evenly, with no "
-    "warm-up, is what the \"old\" rows measure against the earlier defaults (warm-up 3, every 4th step) at equal "
-    "calls: +3 to +11 dB on FLUX, +4 to +7 dB on SD 1.5 and +4 to +9 dB on Wan at 20-28 steps; at 50 steps the "
-    "earlier warm-up is still better on SD 1.5 (-3.9 dB) and Wan (-1.2 dB), where the first steps change most. "
+    "Why these defaults. Placement: computing the first and the last step and spreading the rest by the "
+    "schedule's step lengths (density ~ (step length in flow time)^(1/3)), with no warm-up. The \"old\" rows "
+    "measure it against the earlier defaults (warm-up 3, every 4th step, raw output) at equal calls: +6 to +17 dB "
+    "at 20-28 steps on every model and sampler here, and at 50 steps +8.4 dB on FLUX, +8.0 dB on Wan and +0.1 dB "
+    "on SD 1.5 (where the earlier warm-up's extra calls on the first steps still pay off). The \"steps-placement\" "
+    "section compares the spread with evenly by step index (what it replaced) on the search noise. "
     "Extrapolator: the noise estimate recombined with the current latent (the \"steps-study\" section: never "
     "below the raw output, up to +4.9 dB). The adaptive mode (Advanced node) is kept as an option: its tolerance "
     "does govern the calls (bisected to 16/50 calls it ends at 0.0017, inside its range), and at that budget it "
-    "is level with even placement on FLUX (54.1 dB with order 3 on the raw output, fidelity section, against "
-    "53.6 dB for the defaults at 17 calls on the same search noise), but it needs a tolerance search per step "
-    "count to hit a budget; the speed input does not.")
+    "is below the spread placement on FLUX (54.1 dB with order 3 on the raw output, search noise, fidelity "
+    "section; the spread gives more at 17 calls on the search noise, \"steps-placement\" section), and it needs a tolerance search per step count to hit a budget; "
+    "the speed input does not.")
 
 
 def write(rows: list[SRow], study: bool, seeds, placement: bool = False) -> None:
