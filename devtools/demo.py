@@ -11,7 +11,7 @@ then the same graph with the AB-Cache node (its defaults) between the model and 
 AB-Cache Report node. It prints model calls, wall-clock speed-up (ComfyUI's own execution timestamps) and
 PSNR/SSIM against the uncached images, and writes into ``demo_output/`` (or ``--out``):
 ``side_by_side.png`` (top: full compute, bottom: AB-Cache) and ``report.png`` (the Report node's plot).
-The setting is the AB-Cache node's defaults (speed 3: 17 of 50 steps computed, evenly spread), the same
+The setting is the AB-Cache node's defaults (speed 3: 17 of 50 steps computed, spread by the schedule's step lengths), the same
 setting and noise as the benchmark harness (tests/test_demo.py checks that they agree).
 
 Then the video model: ComfyUI's own Wan 2.1 class trained on moving digits (benchmarks/train_tiny_models.py,
