@@ -366,7 +366,8 @@ WHY = (
     "below the raw output, up to +4.9 dB). The adaptive mode (Advanced node) is kept as an option: its tolerance "
     "does govern the calls (bisected to 16/50 calls it ends at 0.0017, inside its range), and at that budget it "
     "is below the spread placement on FLUX (54.1 dB with order 3 on the raw output, search noise, fidelity "
-    "section; the spread gives more at 17 calls on the search noise, \"steps-placement\" section), and it needs a tolerance search per step count to hit a budget; "
+    "section, against 58.9 dB for the spread at one call more, 17, on the search noise, \"steps-placement\" "
+    "section), and it needs a tolerance search per step count to hit a budget; "
     "the speed input does not.")
 
 
