@@ -293,7 +293,7 @@ def speed_problem(settings: CacheSettings, steps: int) -> Optional[str]:
 # Placement (docs/DESIGN.md, "Placement"): a skipped step adds to the result about its length dt in flow time
 # times its extrapolation error, which grows like g^k with the gap g (in steps) for an order-k rule; the sum is
 # smallest where the density of computed steps follows dt^(1/(k+1)) -- 1/3 for the default order 2. Measured
-# against plain even spacing on every trained model (docs/BENCHMARKS.md, "steps" section).
+# against plain even spacing on every trained model (docs/BENCHMARKS.md, "steps-placement" section).
 SPREAD_POWER = 1.0 / 3.0
 
 
