@@ -262,7 +262,7 @@ DEFAULTS_NOTE = (
     "Every AB-Cache row here extrapolates the raw model output (`extrapolator = output`) on the fixed, adaptive, "
     "paper or table schedules of the Advanced node. The node's defaults used to come from this table (order 2, "
     "interval 4, warm-up 3: the row \"AB-Cache fixed k=2, interval 4\"; 16/50 calls, 10/28); since the `speed` "
-    "input they are evenly spread calls with the noise-estimate extrapolator, measured in the \"steps\" section "
+    "input they are calls spread by the schedule's step lengths with the noise-estimate extrapolator, measured in the \"steps\" section "
     "against fewer steps on every trained model. Order 3 gains about 0.5-2.5 dB on this fp32 model, but its "
     "weights amplify noise twice as much (sum |w| = 5.1 vs 2.5 three steps after a computed one), which matters "
     "for bf16 models. At 25-30 steps a 1/3 budget with a warm-up leaves too few computed steps for output "
