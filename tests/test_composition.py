@@ -212,6 +212,14 @@ COMPILE_BACKEND = "eager"
 REPEAT_FRAMES = 2
 
 
+def _compile_node(model):
+    """ComfyUI's TorchCompileModel node on ``model`` (the V1 tuple or the V3 NodeOutput, by ComfyUI version)."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    out = TorchCompileModel.execute(model, COMPILE_BACKEND)
+    return out[0] if isinstance(out, tuple) else out.result[0]
+
+
 def _frames():
     from torch._dynamo.utils import counters
 
@@ -221,13 +229,8 @@ def _frames():
 def test_torch_compile_node(env):
     import torch._dynamo
     from comfy_extras import nodes_torch_compile
-    from comfy_extras.nodes_torch_compile import TorchCompileModel
 
     guard_filter = hasattr(nodes_torch_compile, "skip_torch_compile_dict")   # newer ComfyUI
-
-    def compile_node(model):
-        out = TorchCompileModel.execute(model, COMPILE_BACKEND)
-        return out[0] if isinstance(out, tuple) else out.result[0]
 
     wp = env.comfy.patcher_extension.WrappersMP
     # A private model: the compiled module, its Dynamo caches and the counting hook stay with this test.
@@ -257,9 +260,9 @@ def test_torch_compile_node(env):
         assert spy_ab.calls == expected < spy_ref.calls
 
         torch._dynamo.reset()
-        before = compile_node(_abcache(env, case.patcher))            # AB-Cache -> TorchCompileModel
-        after = _abcache(env, compile_node(case.patcher))             # TorchCompileModel -> AB-Cache
-        plain = compile_node(case.patcher)
+        before = _compile_node(_abcache(env, case.patcher))            # AB-Cache -> TorchCompileModel
+        after = _abcache(env, _compile_node(case.patcher))             # TorchCompileModel -> AB-Cache
+        plain = _compile_node(case.patcher)
         for m in (before, after):
             assert m.get_wrappers(wp.APPLY_MODEL, "torch.compile") and m.get_wrappers(wp.OUTER_SAMPLE, "ab_cache")
         # the cached compiled model first (this used to poison the compiled code for the plain one), then the
@@ -311,11 +314,6 @@ def test_torch_compile_blocks_node(env):
     in the plain run: code Dynamo compiled for a block that saw the node's patches); block reuse still happens
     under compile, as planned, with the eager results; a repeated run compiles no new graph."""
     from abcache_core import CacheSettings, plan
-    from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-    def compile_node(model):
-        out = TorchCompileModel.execute(model, COMPILE_BACKEND)
-        return out[0] if isinstance(out, tuple) else out.result[0]
 
     kw = dict(compute_blocks=1, order=2, mode="fixed", interval=INTERVAL, warmup=WARMUP)
     computed = sum(plan(CacheSettings(mode="fixed", interval=INTERVAL, warmup=WARMUP), STEPS))
@@ -348,9 +346,9 @@ def test_torch_compile_blocks_node(env):
         go("eager_ref", case.patcher)
         go("eager_blocks", blocks(case.patcher))
         torch._dynamo.reset()
-        plain = compile_node(case.patcher)
+        plain = _compile_node(case.patcher)
         cached = blocks(plain)                                   # TorchCompileModel -> blocks node
-        cached_before = compile_node(blocks(case.patcher))        # blocks node -> TorchCompileModel
+        cached_before = _compile_node(blocks(case.patcher))        # blocks node -> TorchCompileModel
         go("blocks", cached)
         go("plain", plain)
         go("blocks_again", cached)
@@ -358,7 +356,7 @@ def test_torch_compile_blocks_node(env):
         go("blocks_before", cached_before)
         go("blocks_before_again", cached_before)
         torch._dynamo.reset()
-        plain2 = compile_node(case.patcher)                      # a fresh compile, plain run first
+        plain2 = _compile_node(case.patcher)                      # a fresh compile, plain run first
         go("plain_first", plain2)
         go("blocks_second", blocks(plain2))
         go("plain_third", plain2)
