@@ -19,7 +19,7 @@ MAX_ORDER = 5          # the core's limit (weights are defined up to this order)
 NODE_MAX_ORDER = 4     # what the nodes offer: order 5 amplifies noise too much to be useful
 
 MODES = ("fixed", "adaptive", "table", "paper", "even")   # append only: saved workflows store the name
-COORDINATES = ("auto", "sigma", "lambda", "step")
+COORDINATES = ("auto", "sigma", "lambda", "step", "time")   # append only
 CACHE_DEVICES = ("same", "cpu")
 EXPOSURE_APPLY = ("extrapolated", "all")
 EXTRAPOLATORS = ("noise", "output", "noise_lsq")
@@ -87,8 +87,9 @@ _TABLE = (
         "schedule).")),
     Param("coordinate", "choice", "auto", choices=COORDINATES, tooltip=(
         "Axis on which the extrapolation weights are computed. auto = sigma for flow models (FLUX, Wan, "
-        "HunyuanVideo, LTX), lambda = -log(sigma) for VP models (SD, CogVideoX); step = step index (ignores the "
-        "real spacing).")),
+        "HunyuanVideo, LTX); for VP models (SD, CogVideoX) flow time in mode even (the speed input) and "
+        "lambda = -log(sigma) in the other modes. time = flow time sigma/(1+sigma) (sigma for flow models); "
+        "step = step index (ignores the real spacing).")),
     Param("tolerance", "float", 0.01, min=0.0, max=10.0, step=0.001, tooltip=(
         "adaptive mode: error budget accumulated over skipped steps before the model must run again. Smaller = "
         "higher fidelity, fewer skips.")),

@@ -53,7 +53,7 @@ class CacheSettings:
     final_steps: int = _field("final_steps")     # last steps always computed (0: none)
     start_percent: float = _field("start_percent")  # caching allowed only in [start, end) of the schedule
     end_percent: float = _field("end_percent")
-    coordinate: str = _field("coordinate")       # auto | sigma | lambda | step (auto: see resolved())
+    coordinate: str = _field("coordinate")       # auto | sigma | lambda | step | time (auto: see resolved())
     tolerance: float = _field("tolerance")       # adaptive: accumulated error budget between two computes
     max_skips: int = _field("max_skips")         # adaptive: most consecutive skipped steps
     table: str = _field("table")                 # table mode: one char per step
@@ -67,10 +67,17 @@ class CacheSettings:
     fit_points: int = _field("fit_points")       # computed steps the least-squares line goes through
 
     def resolved(self, flow: bool) -> "CacheSettings":
-        """These settings with coordinate ``auto`` made concrete: sigma for flow models, lambda for VP models."""
-        if self.coordinate != "auto":
+        """These settings with the coordinate made concrete (docs/DESIGN.md, "Extrapolation"): ``auto`` is sigma
+        for flow models; for VP models flow time (``time``) in mode even and lambda in the paper's modes (fixed,
+        adaptive, table, paper: the axes graphs saved before even mode sampled on). ``time`` on a flow model is
+        sigma itself."""
+        if self.coordinate not in ("auto", "time"):
             return self
-        return dataclasses.replace(self, coordinate="sigma" if flow else "lambda")
+        if flow:
+            return dataclasses.replace(self, coordinate="sigma")
+        if self.coordinate == "auto" and self.mode != "even":
+            return dataclasses.replace(self, coordinate="lambda")
+        return dataclasses.replace(self, coordinate="time")
 
     def validate(self) -> "CacheSettings":
         """Raise ValueError with an actionable message for out-of-range or inconsistent settings."""

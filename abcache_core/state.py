@@ -30,7 +30,7 @@ from typing import Any, Hashable, Iterable, Mapping, NamedTuple, Optional, Seque
 
 import torch
 
-from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, flow_times, planned_compute,
+from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, flow_time, flow_times, planned_compute,
                      schedule_problem, step_position)
 from .spaces import NoiseMap
 from .weights import amplification, lagrange_weights, least_squares_weights, paper_weights
@@ -79,12 +79,16 @@ class Decision:
 
 
 def sigma_to_coordinate(sigma: float, coordinate: str, schedule: Sequence[float]) -> float:
+    """The extrapolation axis at ``sigma``: sigma, lambda = -log(sigma), flow time sigma/(1 + sigma) (``time``, a
+    VP model's; a flow model's flow time is its sigma) or the step position in ``schedule`` (``step``)."""
     if coordinate == "sigma":
         return float(sigma)
     if coordinate == "lambda":
         return -math.log(max(float(sigma), 1e-12))
+    if coordinate == "time":
+        return flow_time(sigma, flow=False)
     if coordinate != "step":
-        raise ValueError(f"coordinate must be sigma, lambda or step here, got {coordinate!r} "
+        raise ValueError(f"coordinate must be sigma, lambda, time or step here, got {coordinate!r} "
                          f"('auto' is resolved by CacheSettings.resolved)")
     pos = step_position(schedule, float(sigma))
     return float("nan") if pos is None else pos

@@ -97,10 +97,11 @@ def test_predictions_are_new_tensors_even_for_plain_reuse():
     assert torch.equal(run.history_tensors()[0], model(SCHED[0]))
 
 
-@pytest.mark.parametrize("coordinate,coord", [("sigma", lambda s: s), ("lambda", lambda s: -math.log(s))])
+@pytest.mark.parametrize("coordinate,coord", [("sigma", lambda s: s), ("lambda", lambda s: -math.log(s)),
+                                              ("time", lambda s: s / (1 + s))])
 def test_predictions_match_lagrange_in_the_chosen_coordinate(coordinate, coord):
     run = CacheRun(CacheSettings(mode="fixed", order=3, interval=4, warmup=3, coordinate=coordinate,
-                                 max_amplification=1e3), SCHED)
+                                 max_amplification=1e3), SCHED, flow=False)
     hist = []  # (coordinate, output) of computed steps, most recent first
     skipped = 0
     for s in SCHED[:12]:
@@ -117,6 +118,20 @@ def test_predictions_match_lagrange_in_the_chosen_coordinate(coordinate, coord):
             run.record(s, {KEY: model(s)})
             hist.insert(0, (coord(s), model(s)))
     assert skipped == 6
+
+
+@pytest.mark.parametrize("coordinate,mode,flow,axis", [
+    ("auto", "even", True, "sigma"), ("auto", "fixed", True, "sigma"), ("time", "fixed", True, "sigma"),
+    ("auto", "even", False, "time"), ("time", "fixed", False, "time"),
+    *[("auto", mode, False, "lambda") for mode in ("fixed", "adaptive", "table", "paper")],
+    *[(c, mode, flow, c) for c in ("sigma", "lambda", "step") for mode in ("even", "fixed") for flow in (True, False)],
+])
+def test_coordinate_auto_resolves_per_model_and_mode(coordinate, mode, flow, axis):
+    """auto: sigma on flow models; on VP models flow time in even mode and lambda in the paper's modes (so a graph
+    saved before even mode samples as it did); a named axis stays (time on a flow model is sigma itself)."""
+    settings = CacheSettings(mode=mode, coordinate=coordinate, table="FsF")
+    assert settings.resolved(flow).coordinate == axis
+    assert CacheRun(settings, SCHED, flow=flow).settings.coordinate == axis
 
 
 # --------------------------------------------------------------------------- release
@@ -422,7 +437,7 @@ def test_thread_safety_smoke():
     (dict(mode="table", table=" , "), r"table is empty"),
     (dict(mode="adaptive", order=1), r"adaptive mode needs order >= 2"),
     (dict(mode="bogus"), r"mode must be one of"),
-    (dict(coordinate="time"), r"coordinate must be one of"),
+    (dict(coordinate="timestep"), r"coordinate must be one of"),
     (dict(max_skips=-1), r"max_skips"),
     (dict(max_amplification=0.5), r"max_amplification"),
     (dict(warmup=-1), r"warmup"),

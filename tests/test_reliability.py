@@ -18,6 +18,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from abcache_core.params import COORDINATES
+
 REPO = Path(__file__).resolve().parents[1]
 SOAK_RUNS = 100
 FUZZ_EXAMPLES = 60
@@ -134,7 +136,7 @@ SCHEDULERS = ["simple", "normal", "karras", "sgm_uniform", "beta", "exponential"
        batch=st.integers(1, 2), mode=st.sampled_from(["fixed", "adaptive", "paper", "table"]),
        order=st.integers(1, 4), interval=st.integers(1, 6), warmup=st.integers(0, 6),
        final_steps=st.integers(0, 2), tolerance=st.sampled_from([0.0, 0.01, 0.5]),
-       window=st.sampled_from([(0.0, 1.0), (0.2, 0.8)]), coordinate=st.sampled_from(["auto", "sigma", "lambda", "step"]))
+       window=st.sampled_from([(0.0, 1.0), (0.2, 0.8)]), coordinate=st.sampled_from(COORDINATES))
 def test_fuzz_never_crashes_and_follows_its_plan(env, family, sampler, scheduler, cfg, denoise, steps, batch, mode,
                                                  order, interval, warmup, final_steps, tolerance, window, coordinate):
     if mode == "adaptive":
@@ -173,7 +175,7 @@ BAD_ADVANCED = [
     (dict(mode="table", table="FFxx"), "invalid characters"),
     (dict(mode="adaptive", order=1), "adaptive mode needs order >= 2"),
     (dict(mode="warp"), "mode must be one of"),
-    (dict(coordinate="time"), "coordinate"),
+    (dict(coordinate="timestep"), "coordinate"),
     (dict(cache_device="gpu7"), "cache_device"),
     (dict(max_skips=-2), "max_skips"),
 ]

@@ -112,7 +112,7 @@ OUT_OF_RANGE = [
     ("ABCacheAdvanced", dict(max_skips=99)),
     ("ABCacheAdvanced", dict(start_percent=1.5)),
     ("ABCacheAdvanced", dict(mode="bogus")),
-    ("ABCacheAdvanced", dict(coordinate="time")),
+    ("ABCacheAdvanced", dict(coordinate="timestep")),
     ("ABCacheAdvanced", dict(exposure_delta=2.0)),
     ("ABCacheAdvanced", dict(exposure_apply="never")),
     ("ABCacheAdvanced", dict(mode="adaptive", order=1)),

@@ -78,6 +78,29 @@ def test_model_sampling_node_is_seen(env, family, how, coordinate, flow, order):
         assert spy_ref.schedules[0] != spy_plain.schedules[0] or how[0] == "discrete"
 
 
+@pytest.mark.parametrize("how,axis", [(None, "time"), (("sd3", 3.0), "sigma")])
+def test_the_speed_input_extrapolates_on_flow_time(env, how, axis):
+    """The simple node at its defaults (speed, even mode) extrapolates on flow time: sigma / (1 + sigma) for a VP
+    model, sigma itself once ModelSamplingSD3 makes it a flow model. It samples exactly as the Advanced node with
+    that axis named, and differently from lambda (a VP model's axis in the fixed mode) on the same steps."""
+    case = env.case("sd15")
+    patched = _patch_sampling(case.patcher, how) if how else case.patcher
+
+    def run(node, **inputs):
+        model = env.harness.apply_node(node, patched, **inputs)
+        out, spy = env.harness.run_spied(case, model, steps=12)
+        return out, model.model_options["ab_cache"].sink.last["settings"]["coordinate"]
+
+    out, used = run(env.nodes.ABCacheNode)
+    assert torch.isfinite(out).all() and used == axis
+    named, _ = run(env.nodes.ABCacheAdvancedNode, mode="even", speed=3.0, extrapolator="noise", coordinate="time")
+    assert torch.equal(out, named)
+    on_lambda, used = run(env.nodes.ABCacheAdvancedNode, mode="even", speed=3.0, extrapolator="noise",
+                          coordinate="lambda")
+    assert used == "lambda" and torch.isfinite(on_lambda).all()
+    assert not torch.equal(out, on_lambda)
+
+
 # ------------------------------------------------------------------------- 5. hand-made sigma schedules
 def _custom(env, case, model, sigmas, cfg=3.0):
     import comfy.samplers
