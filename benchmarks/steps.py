@@ -16,7 +16,8 @@ Methods at each budget:
 * **AB-Cache (node defaults)**: the simple node with only ``speed`` set: even placement (first and last step,
   the rest spread by the schedule's step lengths, no warm-up) and the ``noise`` extrapolator (the noise
   estimate, order 2);
-* ablation: the same steps with the ``output`` extrapolator (the raw output, the paper's rule); and the rule
+* ablation: the same steps with the ``output`` extrapolator (the raw output, the paper's rule); on the VP
+  model (SD 1.5) also with the weights on lambda = -log sigma instead of the defaults' flow time; and the rule
   before this study (fixed: warm-up 3, order 2, every 4th step, output) at its own call count, against the
   new defaults at the same count;
 * **fewer steps**: the same sampler, euler, and ComfyUI's multistep samplers dpmpp_2m, uni_pc, ipndm, deis,
@@ -96,6 +97,9 @@ class Runner:
         self.b = Bench(classes=range(10), seeds=range(seeds), repeats=1, model=model)
         self.b.seed_base = seed_base
         self.model = model
+        import comfy.model_sampling
+
+        self.flow = isinstance(self.b.patcher.get_model_object("model_sampling"), comfy.model_sampling.CONST)
         self.probe = Bench.__new__(Bench)
         self.probe.__dict__.update(self.b.__dict__)
         self.probe.classes, self.probe.seeds = self.b.classes[::3], self.b.seeds[:1]
@@ -121,7 +125,7 @@ class Runner:
         return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, **inputs)
 
     def placed(self, s: Setting, speed: float, power: float):
-        """AB-Cache with the defaults' extrapolator on the steps spread_steps picks with ``power`` on this
+        """AB-Cache with the defaults' extrapolator and axis on the steps spread_steps picks with ``power`` on this
         setting's schedule (through the Advanced node's table mode: the same steps, no warm-up or final step)."""
         import comfy.model_sampling
         import comfy.samplers
@@ -133,8 +137,11 @@ class Runner:
         flow = isinstance(sampling, comfy.model_sampling.CONST)
         steps = spread_steps(flow_times(sigmas, flow), calls_for_speed(s.steps, speed), power)
         table = "".join("F" if i in steps else "s" for i in range(s.steps))
+        from abcache_core import CacheSettings
+
+        axis = CacheSettings(mode="even").resolved(flow).coordinate      # the defaults' axis, not table mode's
         return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, mode="table", table=table,
-                                         warmup=0, final_steps=0, extrapolator="noise", order=2)
+                                         warmup=0, final_steps=0, extrapolator="noise", order=2, coordinate=axis)
 
     def simple(self, **inputs):
         return self.b.harness.apply_node(self.b.nodes.ABCacheNode, self.b.patcher, **inputs)
@@ -206,6 +213,9 @@ def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool 
             cap = calls
             imgs, c = r.sample(r.advanced(speed, extrapolator="output"), s)
             add(budget, "even, output (ablation)", imgs, c)
+            if not r.flow:      # VP: the defaults' axis (flow time) against lambda, the paper's modes' axis
+                imgs, c = r.sample(r.advanced(speed, coordinate="lambda"), s)
+                add(budget, "even, lambda axis (ablation)", imgs, c)
             for sampler in (s.sampler,) + tuple(m for m in MULTISTEP if m != s.sampler):
                 got = r.fewer_steps(s, cap, sampler)
                 if got:
@@ -231,7 +241,7 @@ def fmt(rows: list[SRow]) -> str:
     out = ["| model | setting | budget | method | calls | PSNR (dB) |", "|---|---|---|---|---|---|"]
     for x in rows:
         out.append(f"| {x.model} | {x.setting} | {x.budget} | {x.method}{' (' + x.note + ')' if x.note else ''} | "
-                   f"{x.calls:.1f} | {x.psnr:.1f} |")
+                   f"{x.calls:.1f} | {x.psnr:.2f} |")
     return "\n".join(out)
 
 
@@ -250,9 +260,24 @@ def targets(model: str, setting: str, budget: str, psnr: float, margin: float) -
     return out
 
 
+def summarize_axis(rows: list[SRow]) -> list[str]:
+    """The defaults (flow time) against the same steps with the weights on lambda, where the table has both."""
+    gains = []
+    for x in rows:
+        if x.method == "even, lambda axis (ablation)":
+            ab = next(y for y in rows if (y.model, y.setting, y.budget) == (x.model, x.setting, x.budget)
+                      and y.method.startswith("AB-Cache defaults"))
+            gains.append(ab.psnr - x.psnr)
+    if not gains:
+        return []
+    return [f"- Axis: flow time against lambda on the same steps (SD 1.5): {min(gains):+.1f} to {max(gains):+.1f} dB, "
+            f"mean {statistics.fmean(gains):+.1f} dB; flow time better at {sum(g > 0 for g in gains)} of {len(gains)} "
+            f"points."]
+
+
 def summarize(rows: list[SRow]) -> str:
     """Per model, setting and budget: defaults vs the best fewer-steps run and fair EasyCache, with the target."""
-    lines = []
+    lines = summarize_axis(rows)
     keys = list(dict.fromkeys((x.model, x.setting, x.budget) for x in rows))
     for model, setting, budget in keys:
         rs = [x for x in rows if (x.model, x.setting, x.budget) == (model, setting, budget)]
@@ -274,7 +299,7 @@ def summarize(rows: list[SRow]) -> str:
             goal += f" Target {text}: {'met' if ok else 'MISSED'}."
         extra = f"; fair EasyCache {easy.psnr:.1f} dB" if easy else ""
         lines.append(f"- {model}, {setting}, {budget} ({ab.calls:.0f} calls): defaults **{ab.psnr:.1f} dB**, best fewer "
-                     f"steps {best.psnr:.1f} dB ({best.method.split(': ')[1]}), {margin:+.1f} dB{extra}.{goal}")
+                     f"steps {best.psnr:.1f} dB ({best.method.split(': ')[1]}), {margin:+.2f} dB{extra}.{goal}")
     return "\n".join(lines)
 
 
@@ -349,7 +374,7 @@ def summarize_placement(rows: list[SRow]) -> str:
 
 PLACEMENT_WHY = (
     "Which steps to compute for a given number of calls (first and last always, no warm-up), with the defaults' "
-    "extrapolator (noise estimate, order 2). Candidates spread the computed steps evenly in the measure "
+    "extrapolator (noise estimate, order 2, on flow time). Candidates spread the computed steps evenly in the measure "
     "(step length in flow time)^power: power 0 is evenly by step index (the placement before this study); 1/3 "
     "is what equidistributing an order-2 rule's error gives (docs/DESIGN.md, \"Placement\"). Flow schedules with "
     "shift (FLUX, Wan) have short first steps and long last ones, so a positive power moves computed steps "
@@ -358,15 +383,17 @@ PLACEMENT_WHY = (
 WHY = (
     "Why these defaults. Placement: computing the first and the last step and spreading the rest by the "
     "schedule's step lengths (density ~ (step length in flow time)^(1/3)), with no warm-up. The \"old\" rows "
-    "measure it against the earlier defaults (warm-up 3, every 4th step, raw output) at equal calls: +6 to +17 dB "
-    "at 20-28 steps on every model and sampler here, and at 50 steps +8.4 dB on FLUX, +8.0 dB on Wan and +0.1 dB "
+    "measure it against the earlier defaults (warm-up 3, every 4th step, raw output) at equal calls: +7 to +17 dB "
+    "at 20-28 steps on every model and sampler here, and at 50 steps +8.4 dB on FLUX, +8.0 dB on Wan and +0.2 dB "
     "on SD 1.5 (where the earlier warm-up's extra calls on the first steps still pay off). The \"steps-placement\" "
     "section compares the spread with evenly by step index (what it replaced) on the search noise. "
     "Extrapolator: the noise estimate recombined with the current latent (the \"steps-study\" section, on the "
     "earlier placement: never below the raw output, up to +4.9 dB). On the spread placement the ablation rows "
     "below (same steps, raw output) give the noise estimate +0.5 to +3.6 dB on FLUX at cfg > 1 but -3.3 and -4.9 "
     "dB at cfg 1, -1.4 to +1.7 dB on Wan, and the same result on SD 1.5 (epsilon prediction: the output is the "
-    "noise estimate). The adaptive mode (Advanced node) is kept as an option: its tolerance "
+    "noise estimate). Axis: the weights are computed on flow time (sigma for flow models, sigma/(1+sigma) for "
+    "SD 1.5); the \"lambda axis\" ablation rows give SD 1.5 the paper's VP axis on the same steps (the \"Axis\" line below). "
+    "The adaptive mode (Advanced node) is kept as an option: its tolerance "
     "does govern the calls (bisected to 16/50 calls it ends at 0.0017, inside its range), and at that budget it "
     "is below the spread placement on FLUX (54.1 dB with order 3 on the raw output, search noise, fidelity "
     "section, against 58.9 dB for the spread at one call more, 17, on the search noise, \"steps-placement\" "
