@@ -5,7 +5,8 @@ Every rule here returns weights w_j (most recent history entry first) so that th
 
 * ``lagrange_weights`` -- w_j = prod_{l != j} (c* - c_l) / (c_j - c_l), exact for polynomials of degree
   k-1 on any grid (docs/DESIGN.md, "Extrapolation"). This is the rule the pack uses by default, with c = sigma for
-  flow models and c = lambda = -log(sigma) for VP models.
+  flow models and, for VP models, c = flow time sigma/(1 + sigma) in even mode and lambda = -log(sigma) in the
+  paper's modes (CacheSettings.resolved).
 * ``binomial_weights`` -- (-1)^(i+1) C(k, i), the AB-Cache paper's Prop. 2 for flow matching. It equals
   ``lagrange_weights`` only when the history is k consecutive, evenly spaced steps and the target is the
   next one.
