@@ -127,19 +127,16 @@ class Runner:
     def placed(self, s: Setting, speed: float, power: float):
         """AB-Cache with the defaults' extrapolator and axis on the steps spread_steps picks with ``power`` on this
         setting's schedule (through the Advanced node's table mode: the same steps, no warm-up or final step)."""
-        import comfy.model_sampling
         import comfy.samplers
 
+        from abcache_core import CacheSettings
         from abcache_core.policy import calls_for_speed, flow_times, spread_steps
 
         sampling = self.b.patcher.get_model_object("model_sampling")
         sigmas = comfy.samplers.calculate_sigmas(sampling, s.scheduler, s.steps).tolist()
-        flow = isinstance(sampling, comfy.model_sampling.CONST)
-        steps = spread_steps(flow_times(sigmas, flow), calls_for_speed(s.steps, speed), power)
+        steps = spread_steps(flow_times(sigmas, self.flow), calls_for_speed(s.steps, speed), power)
         table = "".join("F" if i in steps else "s" for i in range(s.steps))
-        from abcache_core import CacheSettings
-
-        axis = CacheSettings(mode="even").resolved(flow).coordinate      # the defaults' axis, not table mode's
+        axis = CacheSettings(mode="even").resolved(self.flow).coordinate    # the defaults' axis, not table mode's
         return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, mode="table", table=table,
                                          warmup=0, final_steps=0, extrapolator="noise", order=2, coordinate=axis)
 
@@ -374,8 +371,8 @@ def summarize_placement(rows: list[SRow]) -> str:
 
 PLACEMENT_WHY = (
     "Which steps to compute for a given number of calls (first and last always, no warm-up), with the defaults' "
-    "extrapolator (noise estimate, order 2, on flow time). Candidates spread the computed steps evenly in the measure "
-    "(step length in flow time)^power: power 0 is evenly by step index (the placement before this study); 1/3 "
+    "extrapolator (noise estimate, order 2, on flow time). Candidates spread the computed steps evenly in the "
+    "measure (step length in flow time)^power: power 0 is evenly by step index (the placement before this study); 1/3 "
     "is what equidistributing an order-2 rule's error gives (docs/DESIGN.md, \"Placement\"). Flow schedules with "
     "shift (FLUX, Wan) have short first steps and long last ones, so a positive power moves computed steps "
     "toward the end.")
@@ -389,11 +386,11 @@ WHY = (
     "section compares the spread with evenly by step index (what it replaced) on the search noise. "
     "Extrapolator: the noise estimate recombined with the current latent (the \"steps-study\" section: level with "
     "the raw output on average over 30 search points, ahead on FLUX at cfg 3, behind at cfg 1 and on Wan). The "
-    "ablation rows below (same steps, raw output) give the noise estimate +0.5 to +3.6 dB on FLUX at cfg > 1 but -3.3 and -4.9 "
-    "dB at cfg 1, -1.4 to +1.7 dB on Wan, and the same result on SD 1.5 (epsilon prediction: the output is the "
-    "noise estimate). Axis: the weights are computed on flow time (sigma for flow models, sigma/(1+sigma) for "
-    "SD 1.5); the \"lambda axis\" ablation rows give SD 1.5 the paper's VP axis on the same steps (the \"Axis\" line below). "
-    "The adaptive mode (Advanced node) is kept as an option: its tolerance "
+    "ablation rows below (same steps, raw output) give the noise estimate +0.5 to +3.6 dB on FLUX at cfg > 1 but "
+    "-3.3 and -4.9 dB at cfg 1, -1.4 to +1.7 dB on Wan, and the same result on SD 1.5 (epsilon prediction: the "
+    "output is the noise estimate). Axis: the weights are computed on flow time (sigma for flow models, "
+    "sigma/(1+sigma) for SD 1.5); the \"lambda axis\" ablation rows give SD 1.5 the paper's VP axis on the same "
+    "steps (the \"Axis\" line below). The adaptive mode (Advanced node) is kept as an option: its tolerance "
     "does govern the calls (bisected to 16/50 calls it ends at 0.0017, inside its range), and at that budget it "
     "is below the spread placement on FLUX (54.1 dB with order 3 on the raw output, search noise, fidelity "
     "section, against 58.9 dB for the spread at one call more, 17, on the search noise, \"steps-placement\" "
