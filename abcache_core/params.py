@@ -23,6 +23,7 @@ COORDINATES = ("auto", "sigma", "lambda", "step", "time")   # append only
 CACHE_DEVICES = ("same", "cpu")
 EXPOSURE_APPLY = ("extrapolated", "all")
 EXTRAPOLATORS = ("noise", "output", "noise_lsq")
+NOISE_INJECTED_SPACES = ("data", "noise")
 EB_CACHE_DELTA = 0.965     # EB-Cache's published δ (DiT-XL/2, 50 DDPM steps, cfg 1.5)
 
 
@@ -136,6 +137,10 @@ _TABLE = (
         "the least-squares line.")),
     Param("fit_points", "int", 3, min=2, max=MAX_ORDER, tooltip=(
         "Computed steps the least-squares line is fitted through.")),
+    Param("noise_injected_space", "choice", "data", choices=NOISE_INJECTED_SPACES, tooltip=(
+        "extrapolator noise / noise_lsq under a sampler that adds fresh noise at every step (ancestral, SDE, LCM, "
+        "DDPM): data = extrapolate the model's data estimate (x0) and recombine it with the current latent, "
+        "which carries the injected noise; noise = the noise estimate, as for the other samplers.")),
     Param("max_amplification", "float", 8.0, min=1.0, tooltip=(
         "Guard: when the extrapolation weights amplify the history by more than this (sum |w|), a lower order "
         "is used.")),

@@ -65,6 +65,7 @@ class CacheSettings:
     extrapolator: str = _field("extrapolator")   # noise | output | noise_lsq (see extrapolation_rule)
     long_gap: float = _field("long_gap")         # noise_lsq: reach (in steps) beyond which the line is fitted
     fit_points: int = _field("fit_points")       # computed steps the least-squares line goes through
+    noise_injected_space: str = _field("noise_injected_space")  # data | noise: under noise-injecting samplers
 
     def resolved(self, flow: bool) -> "CacheSettings":
         """These settings with the coordinate made concrete (docs/DESIGN.md, "Extrapolation"): ``auto`` is sigma
@@ -348,24 +349,30 @@ def spread_steps(times: tuple, calls: int, power: float = SPREAD_POWER) -> froze
     return frozenset(chosen)
 
 
-def extrapolation_rule(settings: CacheSettings, reach: float) -> tuple[str, str]:
-    """(space, fit) for a skipped call ``reach`` steps beyond the last computed one.
+def extrapolation_rule(settings: CacheSettings, reach: float, noise_injected: bool = False) -> tuple[str, str]:
+    """(space, fit) for a skipped call ``reach`` steps beyond the last computed one; ``noise_injected``: the
+    sampler adds fresh noise at every step (ancestral, SDE, LCM, DDPM; decided by the ComfyUI layer).
 
-    space: ``output`` (the model's output) or ``noise`` (its noise estimate, recombined with the current
-    input; abcache_core/spaces.py; the output is used where the model has no noise map). fit: ``lagrange``
-    (exact through ``order`` points) or ``lsq`` (a least-squares line through ``fit_points`` points).
+    space: ``output`` (the model's output), ``noise`` (its noise estimate, recombined with the current input;
+    abcache_core/spaces.py; the output is used where the model has no noise map) or ``data`` (its data
+    estimate, recombined the same way). fit: ``lagrange`` (exact through ``order`` points) or ``lsq`` (a
+    least-squares line through ``fit_points`` points).
 
     * ``noise``:     the noise estimate, Lagrange (the default: docs/BENCHMARKS.md, "steps-study");
     * ``output``:    the output, Lagrange (the paper's rule on the real grid; earlier versions);
     * ``noise_lsq``: the noise estimate; Lagrange up to ``long_gap`` steps beyond the last computed step, the
                      least-squares line beyond (docs/DESIGN.md, "Placement and extrapolator by gap").
-    The paper mode keeps its own rule (binomial weights on the output).
+    Under a noise-injecting sampler, ``noise`` and ``noise_lsq`` extrapolate the data estimate instead
+    (``noise_injected_space``; docs/DESIGN.md, "Samplers that add noise"): the injected noise is in the latent
+    and in the model's next noise estimate, never in an extrapolated one, while the data estimate does not
+    jump with it. The paper mode keeps its own rule (binomial weights on the output).
     """
     if settings.mode == "paper" or settings.extrapolator == "output":
         return "output", "lagrange"
+    space = "data" if noise_injected and settings.noise_injected_space == "data" else "noise"
     if settings.extrapolator == "noise_lsq" and reach > settings.long_gap + 1e-6:
-        return "noise", "lsq"
-    return "noise", "lagrange"
+        return space, "lsq"
+    return space, "lagrange"
 
 
 def planned_compute(settings: CacheSettings, step: int, steps: int, times: Optional[tuple] = None) -> Optional[bool]:

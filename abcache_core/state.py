@@ -51,11 +51,12 @@ class CallRecord:
 
 
 class Entry(NamedTuple):
-    """One computed output in a history: its coordinate, step position, the output, its noise estimate."""
+    """One computed output in a history: its coordinate, step position, the output, and its estimate in the
+    run's extrapolation space (the noise estimate, or the data estimate under a noise-injecting sampler)."""
     coord: float
     pos: float
     y: torch.Tensor
-    eps: Optional[torch.Tensor] = None
+    est: Optional[torch.Tensor] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,10 +97,15 @@ def sigma_to_coordinate(sigma: float, coordinate: str, schedule: Sequence[float]
 
 class CacheRun:
     """State of one sampling call. ``schedule`` is the sigma schedule actually sampled (n + 1 values);
-    ``flow`` says whether the model is a flow model (decides coordinate ``auto``: sigma, else lambda)."""
+    ``flow`` says whether the model is a flow model (decides coordinate ``auto``); ``noise_injected`` whether
+    the sampler adds fresh noise at every step (the extrapolation space: policy.extrapolation_rule)."""
 
-    def __init__(self, settings: CacheSettings, schedule: Sequence[float], flow: bool = True):
+    def __init__(self, settings: CacheSettings, schedule: Sequence[float], flow: bool = True,
+                 noise_injected: bool = False):
         self.settings = settings.resolved(flow).validate()
+        self.noise_injected = bool(noise_injected)
+        # the space the history's estimates are kept in (the same for every step of the run)
+        self.estimate_space = extrapolation_rule(self.settings, 0.0, self.noise_injected)[0]
         self.schedule = [float(s) for s in schedule]
         self.steps = max(len(self.schedule) - 1, 0)
         self.times = flow_times(self.schedule, flow)     # places even mode's computed steps
@@ -296,10 +302,10 @@ class CacheRun:
             return None if out is None else (out, k, float("nan"))
         got = None                  # (prediction, points used), in the space the rule picks
         if here is not None:
-            space, fit = extrapolation_rule(s, here.pos - entries[0].pos)
-            if space == "noise":
+            space, fit = extrapolation_rule(s, here.pos - entries[0].pos, self.noise_injected)
+            if space in ("noise", "data"):
                 def predict(m):
-                    return self._predict_noise(entries, target, device, here, fit, m)
+                    return self._predict_noise(entries, target, device, here, fit, m, data=space == "data")
                 got = predict(k if fit == "lagrange" else s.fit_points)
         if got is None:             # the output: the rule says so, or no noise estimate / input / map here
             def predict(m):
@@ -333,21 +339,24 @@ class CacheRun:
             k -= 1
         return None, 0
 
-    def _predict_noise(self, entries: list, target: float, device, here: "Here", fit: str, limit: int):
+    def _predict_noise(self, entries: list, target: float, device, here: "Here", fit: str, limit: int,
+                       data: bool = False):
         """(output, points used): the output recombined from the noise estimate -- the last noise estimates (at
         most ``limit``) extrapolated to ``target`` (fit ``lagrange``: exact through them; ``lsq``: a least-squares
-        line), turned back into an output with the current input. None when the history has no noise estimates,
-        the input is missing or the map cannot recombine at this sigma."""
+        line), turned back into an output with the current input. ``data``: the history holds data estimates,
+        which are extrapolated the same way and turned into a noise estimate with the current input first.
+        None when the history has no estimates, the input is missing or the map cannot recombine at this
+        sigma."""
         space, x = here.space, here.x
         points = limit
         noisy = []
         for e in entries[:points]:
-            if e.eps is None:
+            if e.est is None:
                 break
             noisy.append(e)
-        if space is None or x is None or not noisy or not space.usable(here.sigma):
+        if space is None or x is None or not noisy or not space.usable(here.sigma, "data" if data else "noise"):
             return None
-        if x.shape != noisy[0].eps.shape:
+        if x.shape != noisy[0].est.shape:
             return None
 
         def weights(m):
@@ -357,13 +366,20 @@ class CacheRun:
         w, m = self._guarded(weights, len(noisy))
         if w is None:
             return None
-        eps = self._combine([e.eps for e in noisy[:m]], w, device, cast=False)
-        if eps is None:
+        est = self._combine([e.est for e in noisy[:m]], w, device, cast=False)
+        if est is None:
             return None
-        y = space.from_noise(eps, x.to(eps.device), here.sigma)
+        x = x.to(est.device)
+        y = space.from_data(est, x, here.sigma) if data else space.from_noise(est, x, here.sigma)
         if not bool(torch.isfinite(y).all()):
             return None
         return y.to(noisy[0].y.dtype), m
+
+    def _estimate(self, space: NoiseMap, y: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The estimate of a computed output kept in the history: its noise estimate, or (estimate space
+        ``data``) the data estimate that noise estimate implies at this input."""
+        est = space.to_data(y, x, sigma) if self.estimate_space == "data" else space.to_noise(y, x, sigma)
+        return est.to(y.dtype)
 
     @staticmethod
     def _combine(tensors, weights, device, cast: bool = True):
@@ -392,8 +408,7 @@ class CacheRun:
             return
         pos = step_position(self.schedule, float(sigma)) if self.steps > 0 else None
         pos = float("nan") if pos is None else pos
-        noise = space is not None and inputs is not None and self.settings.extrapolator != "output" \
-            and self.settings.mode != "paper" and float(sigma) > 0
+        noise = space is not None and inputs is not None and self.estimate_space != "output" and float(sigma) > 0
         with self._lock:
             for n, (key, y) in enumerate(outputs.items()):
                 y = y.detach()
@@ -401,10 +416,10 @@ class CacheRun:
                 if n == 0 and prev and prev[0].y.shape == y.shape and prev[0].coord != c:
                     self._note_change(float(sigma), y, prev[0].y)
                 x = inputs.get(key) if noise else None
-                eps = space.to_noise(y, x, float(sigma)).to(y.dtype) if x is not None and x.shape == y.shape else None
+                est = self._estimate(space, y, x, float(sigma)) if x is not None and x.shape == y.shape else None
                 if self.settings.cache_device == "cpu" and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
-                    eps = None if eps is None else eps.to("cpu", non_blocking=False)
+                    est = None if est is None else est.to("cpu", non_blocking=False)
                 h = self._hist.get(key)
                 if h is None or h.maxlen != self._maxlen:
                     h = self._hist[key] = deque(h or (), maxlen=self._maxlen)
@@ -416,7 +431,7 @@ class CacheRun:
                     kept = [e for e in h if e.coord != c]
                     h.clear()
                     h.extend(kept)
-                h.appendleft(Entry(c, pos, y, eps))
+                h.appendleft(Entry(c, pos, y, est))
 
     def _note_change(self, sigma: float, y: torch.Tensor, prev: torch.Tensor) -> None:
         ref = float(torch.linalg.vector_norm(prev.float()))
@@ -440,7 +455,7 @@ class CacheRun:
 
     def history_tensors(self) -> list:
         with self._lock:
-            return [t for h in self._hist.values() for e in h for t in (e.y, e.eps) if t is not None]
+            return [t for h in self._hist.values() for e in h for t in (e.y, e.est) if t is not None]
 
     def release(self) -> None:
         """Drop every tensor reference (the records keep only numbers)."""

@@ -45,6 +45,31 @@ def test_each_map_recovers_the_true_noise_and_inverts(sigma, sd, seed):
         assert torch.allclose(m.from_noise(eps, x, sigma), y, atol=1e-8, rtol=1e-8), m
 
 
+@settings(max_examples=60, deadline=None)
+@given(sigma=st.floats(0.02, 1.0, **finite), sd=st.floats(0.3, 2.0, **finite), seed=st.integers(0, 99))
+def test_each_map_recovers_the_true_data_estimate_and_inverts(sigma, sd, seed):
+    """The data space (noise-injecting samplers): from each parameterisation's (input, output), built from x0 and
+    ε by its definition, to_data gives x0 back -- at σ = 1 too for flow models -- and from_data(to_data(y)) gives
+    y back."""
+    x0, n = _pair(seed)
+    r1 = math.sqrt(sigma ** 2 + 1.0)
+    rd = math.sqrt(sigma ** 2 + sd ** 2)
+    ve = x0 + sigma * n                                  # the sampler's latent of a VP model
+    cases = {
+        NoiseMap("flow"): ((1 - sigma) * x0 + sigma * n, n - x0),
+        NoiseMap("eps"): (ve / r1, n),                   # DIFFUSION_MODEL level: the model's scaled input
+        NoiseMap("eps_latent"): (ve, n),                 # APPLY_MODEL level: d = (x - D) / sigma, x the latent
+        NoiseMap("v", sd): (ve / rd, (ve * sd ** 2 / rd ** 2 - x0) * rd / (sigma * sd)),
+        NoiseMap("v_ddpm"): (ve, (ve - r1 * x0) / sigma),
+    }
+    for m, (x, y) in cases.items():
+        assert m.usable(sigma, "data"), m
+        d = m.to_data(y, x, sigma)
+        assert torch.allclose(d, x0, atol=1e-8, rtol=1e-8), m
+        assert torch.allclose(m.from_data(d, x, sigma), y, atol=1e-7, rtol=1e-7), m
+    assert not NoiseMap("flow").usable(0.0, "data")
+
+
 def test_flow_map_is_not_used_at_pure_noise():
     m = NoiseMap("flow")
     assert not m.usable(1.0) and not m.usable(0.0) and m.usable(0.5) and NoiseMap("eps").usable(1.0)
@@ -88,6 +113,49 @@ def test_extrapolator_rule_by_reach():
     assert extrapolation_rule(CacheSettings(extrapolator="output"), 9.0) == ("output", "lagrange")
     assert extrapolation_rule(CacheSettings(extrapolator="noise"), 9.0) == ("noise", "lagrange")
     assert extrapolation_rule(CacheSettings(mode="paper", extrapolator="noise"), 5.0) == ("output", "lagrange")
+
+
+def test_extrapolator_rule_under_noise_injecting_samplers():
+    """A sampler that adds noise at every step: the noise estimate's rules extrapolate the data estimate instead
+    (same fit by reach); the output rule, the paper mode and noise_injected_space='noise' are unchanged."""
+    lsq = CacheSettings(mode="even", extrapolator="noise_lsq", long_gap=1.0)
+    assert extrapolation_rule(lsq, 1.0, True) == ("data", "lagrange")
+    assert extrapolation_rule(lsq, 2.0, True) == ("data", "lsq")
+    assert extrapolation_rule(CacheSettings(extrapolator="noise"), 1.0, True) == ("data", "lagrange")
+    assert extrapolation_rule(CacheSettings(extrapolator="output"), 1.0, True) == ("output", "lagrange")
+    assert extrapolation_rule(CacheSettings(mode="paper"), 1.0, True) == ("output", "lagrange")
+    assert extrapolation_rule(CacheSettings(noise_injected_space="noise"), 1.0, True) == ("noise", "lagrange")
+    assert CacheRun(CacheSettings(), [1.0, 0.5, 0.0], noise_injected=True).estimate_space == "data"
+    assert CacheRun(CacheSettings(), [1.0, 0.5, 0.0]).estimate_space == "noise"
+
+
+def test_data_space_ignores_the_noise_a_sampler_injects():
+    """A flow 'model' under an ancestral-like sampler: between calls the latent gets fresh noise, so the noise
+    estimate jumps at random while the data estimate is exactly linear in sigma. Extrapolating the data estimate
+    (noise_injected) predicts the skipped outputs exactly; the noise estimate cannot."""
+    steps = 12
+    sched = [0.95 - 0.9 * i / steps for i in range(steps)] + [0.0]
+    x0, direction = _pair(4)
+    g = torch.Generator().manual_seed(5)
+    fresh = [torch.randn(x0.shape, generator=g, dtype=torch.float64) for _ in sched]
+
+    def errors(noise_injected):
+        run = CacheRun(CacheSettings(mode="even", speed=3.0), sched, noise_injected=noise_injected)
+        space, errs = NoiseMap("flow"), []
+        for s, n in zip(sched[:-1], fresh):
+            data = x0 + direction * s                    # linear in sigma
+            x = (1 - s) * data + s * n                   # the latent with this step's noise
+            v = n - data                                 # the output a perfect model gives at (x, s)
+            d = run.decide(s, ["k"], inputs={"k": x}, space=space)
+            if d.skip and run.history_sizes()["k"] >= 2:
+                errs.append(float((d.predictions["k"] - v).norm() / v.norm()))
+            else:
+                run.record(s, {"k": v}, inputs={"k": x}, space=space)
+        return errs
+
+    data_errs, noise_errs = errors(True), errors(False)
+    assert data_errs and max(data_errs) < 1e-9
+    assert min(noise_errs) > 0.1
 
 
 def _flow_run(extrapolator, steps=20):

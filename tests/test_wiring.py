@@ -4,6 +4,7 @@ raises, split sampling. ComfyUI is real; forward calls are counted by devtools.h
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -99,6 +100,61 @@ def test_the_speed_input_extrapolates_on_flow_time(env, how, axis):
                           coordinate="lambda")
     assert used == "lambda" and torch.isfinite(on_lambda).all()
     assert not torch.equal(out, on_lambda)
+
+
+# ------------------------------------------------------------------------------- samplers that add noise
+# ComfyUI sampler names by what they do to the latent between calls (names a ComfyUI version lacks are skipped).
+ADDS_NOISE = ("euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
+              "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+              "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
+              "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3",
+              "sa_solver", "sa_solver_pece", "exp_heun_2_x0_sde")
+DETERMINISTIC = ("euler", "euler_cfg_pp", "heun", "heunpp2", "dpm_2", "lms", "dpm_fast", "dpm_adaptive",
+                 "dpmpp_2m", "dpmpp_2m_cfg_pp", "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp",
+                 "gradient_estimation", "gradient_estimation_cfg_pp", "ddim", "uni_pc", "uni_pc_bh2", "exp_heun_2_x0")
+
+
+def test_samplers_that_add_noise_are_told_apart(env):
+    """scope.sampler_adds_noise on ComfyUI's own sampler objects: every sampler name this ComfyUI offers is
+    classified as listed above; eta = 0 or s_noise = 0 (SamplerEulerAncestral & co.) turns the noise off."""
+    import comfy.samplers
+
+    scope = sys.modules[env.nodes.__name__ + ".integration.scope"]
+    names = comfy.samplers.KSampler.SAMPLERS
+    unknown = [n for n in names if n not in ADDS_NOISE + DETERMINISTIC]
+    assert not unknown, f"classify these new ComfyUI samplers in the test: {unknown}"
+    for name in names:
+        assert scope.sampler_adds_noise(comfy.samplers.sampler_object(name)) == (name in ADDS_NOISE), name
+    assert not scope.sampler_adds_noise(comfy.samplers.ksampler("euler_ancestral", {"eta": 0.0}))
+    assert not scope.sampler_adds_noise(comfy.samplers.ksampler("dpmpp_2m_sde", {"eta": 1.0, "s_noise": 0}))
+    assert scope.sampler_adds_noise(comfy.samplers.ksampler("euler_ancestral", {"eta": 0.5}))
+    assert not scope.sampler_adds_noise(None) and not scope.sampler_adds_noise(object())
+
+
+@pytest.mark.parametrize("family", ["flux_dev", "sd15"])
+def test_noise_adding_samplers_extrapolate_the_data_estimate(env, family):
+    """The simple node at its defaults under euler_ancestral: the run extrapolates the data estimate, with the
+    same computed calls as under euler (which keeps the noise estimate); outputs are finite, and differ from the
+    same run on the noise estimate (the core-only setting noise_injected_space='noise')."""
+    from abcache_core import CacheSettings
+
+    case = env.case(family)
+    model = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher)
+    sink = model.model_options["ab_cache"].sink
+    runs = {}
+    for sampler in ("euler", "euler_ancestral"):
+        out, spy = env.harness.run_spied(case, model, steps=12, sampler=sampler)
+        runs[sampler] = (out, spy.calls, sink.last["estimate_space"], sink.last["summary"]["computed"])
+    assert runs["euler"][2] == "noise" and runs["euler_ancestral"][2] == "data"
+    assert runs["euler"][1] == runs["euler_ancestral"][1] < 2 * 12      # cfg: two conds per computed step
+    assert runs["euler"][3] == runs["euler_ancestral"][3]
+    assert torch.isfinite(runs["euler_ancestral"][0]).all()
+    sink2 = env.nodes.TelemetrySink()
+    on_noise = env.wrappers.apply_ab_cache(case.patcher, CacheSettings(mode="even", speed=3.0,
+                                                                       noise_injected_space="noise"), sink=sink2)
+    out, spy = env.harness.run_spied(case, on_noise, steps=12, sampler="euler_ancestral")
+    assert sink2.last["estimate_space"] == "noise" and spy.calls == runs["euler_ancestral"][1]
+    assert torch.isfinite(out).all() and not torch.equal(out, runs["euler_ancestral"][0])
 
 
 # ------------------------------------------------------------------------- 5. hand-made sigma schedules

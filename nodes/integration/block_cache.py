@@ -131,7 +131,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                                 RUN_WRAPPERS)
 
 
-def _start(spec: BlockCacheSpec, patcher, schedule) -> BlockRun:
+def _start(spec: BlockCacheSpec, patcher, schedule, noise_injected: bool = False) -> BlockRun:
+    # noise_injected is not used: the block cache extrapolates residuals, not the model's noise estimate
     sampling = scope.sampling_of(patcher)
     n_double, _ = block_counts(patcher.model.diffusion_model)
     scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)

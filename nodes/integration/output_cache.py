@@ -56,13 +56,14 @@ class CacheSpec:
 class ActiveRun:
     """Per-sampling-call state shared by the wrappers of one run."""
 
-    def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool, model_space=None):
+    def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool, model_space=None,
+                 noise_injected: bool = False):
         self.spec = spec
-        self.run = CacheRun(spec.settings, schedule, flow=flow)
+        self.run = CacheRun(spec.settings, schedule, flow=flow, noise_injected=noise_injected)
         self.level = level                     # "diffusion_model" or "apply_model"
         self.flow = flow                       # CONST (flow) model sampling: the exposure rescale's space
         # noise maps (abcache_core/spaces.py) of what each level caches: the model's raw output, d = (x - D)/sigma
-        self.spaces = {"raw": model_space, "denoised": noise_map("flow" if flow else "eps")}
+        self.spaces = {"raw": model_space, "denoised": noise_map("flow" if flow else "eps_latent")}
         self.lock = threading.Lock()
         self.dm_calls = 0                      # DIFFUSION_MODEL wrapper invocations (hook detection)
         self.signatures: dict = {}             # key -> (shape, dtype) of the chunk it was recorded for
@@ -89,10 +90,10 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME, RUN_WRAPPERS)
 
 
-def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
+def _start(spec: CacheSpec, patcher, schedule, noise_injected: bool = False) -> ActiveRun:
     model, sampling = patcher.model, scope.sampling_of(patcher)
     level = "diffusion_model" if scope.has_diffusion_model_hook(model.diffusion_model) else "apply_model"
-    active = ActiveRun(spec, schedule, level, scope.is_flow(sampling), scope.noise_map_of(sampling))
+    active = ActiveRun(spec, schedule, level, scope.is_flow(sampling), scope.noise_map_of(sampling), noise_injected)
     scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
     scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
@@ -101,8 +102,8 @@ def _start(spec: CacheSpec, patcher, schedule) -> ActiveRun:
 def _finish(active: ActiveRun) -> None:
     run = active.run
     try:
-        LOG.info("%s [%s, %s, order %d, %s]", run.summary_line(), run.settings.mode,
-                 run.settings.coordinate, run.settings.order, active.level)
+        LOG.info("%s [%s, %s, order %d, %s, %s space]", run.summary_line(), run.settings.mode,
+                 run.settings.coordinate, run.settings.order, active.level, run.estimate_space)
         if active.spec.sink is not None:
             active.spec.sink.put({
                 "summary": run.summary(),
@@ -110,6 +111,7 @@ def _finish(active: ActiveRun) -> None:
                 "schedule": list(run.schedule),
                 "level": active.level,
                 "flow": active.flow,
+                "estimate_space": run.estimate_space,
                 "records": [dataclasses.asdict(r) for r in run.records],
             })
     finally:

@@ -136,7 +136,8 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     """The OUTER_SAMPLE pattern shared by every cache node of this pack.
 
     Reads the node's spec at ``model_options[key]``; bypasses (with a warning) when another step cache is
-    attached; otherwise builds the per-run state with ``start(spec, model_patcher, schedule)``, and installs,
+    attached; otherwise builds the per-run state with ``start(spec, model_patcher, schedule, noise_injected)``
+    (:func:`sampler_adds_noise` of the sampler this call runs), and installs,
     in a copy of the guider's model_options for this sampling call only, the per-run wrappers
     ``wrappers[wrapper_type](active, executor, *args, **kwargs)`` bound to that state under ``key`` (replacing
     the pass-through placeholders the node registered, so the wrapper order of the graph is kept). Nothing of
@@ -153,7 +154,8 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
         return executor(*args, **kwargs)
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
-    active = start(spec, guider.model_patcher, schedule)
+    sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
+    active = start(spec, guider.model_patcher, schedule, sampler_adds_noise(sampler))
     mo = comfy.model_patcher.create_model_options_clone(orig)
     to = mo["transformer_options"] = dict(mo.get("transformer_options", {}))
     wr = to["wrappers"] = dict(to.get("wrappers", {}))
@@ -165,6 +167,27 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     finally:
         guider.model_options = orig
         finish(active)
+
+
+# Words in the name of a sampler function (k-diffusion's sample_*, and custom samplers named the same way) that
+# adds fresh noise to the latent at every step: euler/dpm_2/dpmpp_2s/res_multistep ancestral, dpmpp_sde,
+# dpmpp_2m/3m_sde, er_sde, exp_heun_2_x0_sde, lcm, ddpm, seeds_2/3, sa_solver. The one list of them.
+NOISE_ADDING_SAMPLER_WORDS = ("ancestral", "sde", "lcm", "ddpm", "seeds", "sa_solver")
+# Options of those samplers that switch the added noise off (SamplerEulerAncestral & co. with eta 0 or s_noise 0).
+NOISE_OFF_OPTIONS = ("eta", "s_noise")
+
+
+def sampler_adds_noise(sampler) -> bool:
+    """Whether ComfyUI's ``sampler`` (a KSAMPLER, or anything with a ``sampler_function``) adds fresh noise to the
+    latent at every step: by its function's name, unless its options set eta or s_noise to 0. Samplers this
+    cannot tell (other classes, no name) count as deterministic, which is what they were treated as before."""
+    fn = getattr(sampler, "sampler_function", None)
+    name = str(getattr(fn, "__name__", "")).lower()
+    if not any(word in name for word in NOISE_ADDING_SAMPLER_WORDS):
+        return False
+    options = getattr(sampler, "extra_options", None)
+    options = options if isinstance(options, dict) else {}
+    return not any(isinstance(options.get(k), (int, float)) and options.get(k) == 0 for k in NOISE_OFF_OPTIONS)
 
 
 def dynamo_skip(fn):
