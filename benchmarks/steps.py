@@ -112,10 +112,11 @@ class Runner:
         return imgs, calls
 
     def advanced(self, speed: float, **inputs):
-        """AB-Cache in even mode at ``speed`` with ``inputs``: through the Advanced node, or -- for the study's
-        core-only settings (long_gap, fit_points) -- through the same attach function with CacheSettings."""
+        """AB-Cache in even mode at ``speed`` with ``inputs``: through the Advanced node, or -- for core-only
+        settings (long_gap, fit_points, noise_injected_space) -- through the same attach function with
+        CacheSettings."""
         inputs = {"mode": "even", "speed": speed, **inputs}
-        if set(inputs) & {"long_gap", "fit_points"}:
+        if set(inputs) & {"long_gap", "fit_points", "noise_injected_space"}:
             import importlib
 
             from abcache_core import CacheSettings
