@@ -79,6 +79,36 @@ def test_bad_input_is_refused_at_validation(server):
     assert status == 400 and "order" in str(body["node_errors"])
 
 
+def test_noise_adding_samplers_over_http(server):
+    """KSampler with euler_ancestral: the run extrapolates the data estimate (its log line says so) with the
+    planned calls; SamplerCustomAdvanced with SamplerEulerAncestral at eta 0 (no noise added) keeps the noise
+    estimate."""
+    cache = {"order": 2, "interval": 4, "warmup": 3, "speed": 3.0}
+    g = graph(dict(cache), prefix="ancestral")
+    g["7"]["inputs"]["sampler_name"] = "euler_ancestral"
+    before = len(server.log_text())
+    server.run(g)
+    log = server.log_text()[before:]
+    assert _calls(log)[-1] == 4 and re.findall(r"AB-Cache: computed 4/12 model calls.*data space\]", log)
+    g = graph(dict(cache), prefix="eta0")
+    del g["7"]
+    g.update({
+        "10": {"class_type": "RandomNoise", "inputs": {"noise_seed": 0}},
+        "11": {"class_type": "CFGGuider", "inputs": {"model": ["3", 0], "positive": ["4", 0], "negative": ["5", 0],
+                                                     "cfg": 2.0}},
+        "12": {"class_type": "SamplerEulerAncestral", "inputs": {"eta": 0.0, "s_noise": 1.0}},
+        "13": {"class_type": "BasicScheduler", "inputs": {"model": ["3", 0], "scheduler": "simple", "steps": 12,
+                                                          "denoise": 1.0}},
+        "7": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["10", 0], "guider": ["11", 0],
+                                                                "sampler": ["12", 0], "sigmas": ["13", 0],
+                                                                "latent_image": ["1", 1]}},
+    })
+    before = len(server.log_text())
+    server.run(g)
+    log = server.log_text()[before:]
+    assert _calls(log)[-1] == 4 and re.findall(r"AB-Cache: computed 4/12 model calls.*noise space\]", log)
+
+
 def test_interrupt_over_http_then_next_run_is_clean(server):
     """POST /interrupt in the middle of a long cached run: the run ends as interrupted, AB-Cache still logs
     its summary (its cleanup ran), and the next prompt succeeds with the planned forward calls."""
