@@ -67,12 +67,8 @@ def run_model(model: str, seeds: int) -> list[SRow]:
             for label, inputs in ABLATIONS.items():
                 imgs, c = r.sample(r.advanced(speed, **inputs), s)
                 add(budget, label, imgs, c)
-            got = r.fewer_steps(s, cap, sampler)
-            if got:
-                add(budget, f"fewer steps: {sampler} {got[2]}", got[0], got[1])
-            got = r.easycache(s, cap)
-            if got:
-                add(budget, f"EasyCache (fair, threshold {got[2]:.3f})", got[0], got[1])
+            for label, imgs, c in r.alternatives(s, cap, (sampler,)):
+                add(budget, label, imgs, c)
         print(f"{model}: {name} done in {time.perf_counter() - t0:.0f}s", flush=True)
     return rows
 

@@ -144,6 +144,19 @@ class Runner:
     def simple(self, **inputs):
         return self.b.harness.apply_node(self.b.nodes.ABCacheNode, self.b.patcher, **inputs)
 
+    def alternatives(self, s: Setting, cap: float, samplers) -> list:
+        """(method, images, calls) of what a user would pick instead at ``cap`` model calls: fewer steps with each
+        of ``samplers`` (those this ComfyUI has), then fair EasyCache (where its threshold reaches the budget)."""
+        out = []
+        for sampler in samplers:
+            got = self.fewer_steps(s, cap, sampler)
+            if got:
+                out.append((f"fewer steps: {sampler} {got[2]}", got[0], got[1]))
+        got = self.easycache(s, cap)
+        if got:
+            out.append((f"EasyCache (fair, threshold {got[2]:.3f})", got[0], got[1]))
+        return out
+
     def fewer_steps(self, s: Setting, budget: float, sampler: str):
         """(images, calls, steps) of ``sampler`` with the most steps whose model calls fit ``budget``: one call
         per step, two for heun / dpm_2 (their last step makes one: 2 n - 1 calls)."""
@@ -214,13 +227,8 @@ def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool 
             if not r.flow:      # VP: the defaults' axis (flow time) against lambda, the paper's modes' axis
                 imgs, c = r.sample(r.advanced(speed, coordinate="lambda"), s)
                 add(budget, "even, lambda axis (ablation)", imgs, c)
-            for sampler in (s.sampler,) + tuple(m for m in MULTISTEP if m != s.sampler):
-                got = r.fewer_steps(s, cap, sampler)
-                if got:
-                    add(budget, f"fewer steps: {sampler} {got[2]}", got[0], got[1])
-            got = r.easycache(s, cap)
-            if got:
-                add(budget, f"EasyCache (fair, threshold {got[2]:.3f})", got[0], got[1])
+            for label, imgs, c in r.alternatives(s, cap, (s.sampler,) + tuple(m for m in MULTISTEP if m != s.sampler)):
+                add(budget, label, imgs, c)
         if not study:
             # today's rule before this study (fixed, warm-up 3, order 2, every 4th step) against the new
             # defaults at the same number of calls
