@@ -116,7 +116,8 @@ DETERMINISTIC = ("euler", "euler_cfg_pp", "heun", "heunpp2", "dpm_2", "lms", "dp
 
 def test_samplers_that_add_noise_are_told_apart(env):
     """scope.sampler_adds_noise on ComfyUI's own sampler objects: every sampler name this ComfyUI offers is
-    classified as listed above; eta = 0 or s_noise = 0 (SamplerEulerAncestral & co.) turns the noise off."""
+    classified as listed above; eta = 0 or s_noise = 0 (SamplerEulerAncestral & co.) turns the noise off, and
+    eta > 0 turns it on for a sampler whose name does not say (SamplerDPMAdaptative)."""
     import comfy.samplers
 
     scope = sys.modules[env.nodes.__name__ + ".integration.scope"]
@@ -128,6 +129,8 @@ def test_samplers_that_add_noise_are_told_apart(env):
     assert not scope.sampler_adds_noise(comfy.samplers.ksampler("euler_ancestral", {"eta": 0.0}))
     assert not scope.sampler_adds_noise(comfy.samplers.ksampler("dpmpp_2m_sde", {"eta": 1.0, "s_noise": 0}))
     assert scope.sampler_adds_noise(comfy.samplers.ksampler("euler_ancestral", {"eta": 0.5}))
+    assert scope.sampler_adds_noise(comfy.samplers.ksampler("dpm_adaptive", {"eta": 0.5}))     # eta on, by option
+    assert not scope.sampler_adds_noise(comfy.samplers.ksampler("dpm_adaptive", {"eta": 0.0, "order": 3}))
     assert not scope.sampler_adds_noise(None) and not scope.sampler_adds_noise(object())
 
 

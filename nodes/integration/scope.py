@@ -179,15 +179,17 @@ NOISE_OFF_OPTIONS = ("eta", "s_noise")
 
 def sampler_adds_noise(sampler) -> bool:
     """Whether ComfyUI's ``sampler`` (a KSAMPLER, or anything with a ``sampler_function``) adds fresh noise to the
-    latent at every step: by its function's name, unless its options set eta or s_noise to 0. Samplers this
+    latent at every step: by its function's name, unless its options set eta or s_noise to 0; any other sampler
+    whose options set eta above 0 (dpm_adaptive / dpm_fast through SamplerDPMAdaptative & co.). Samplers this
     cannot tell (other classes, no name) count as deterministic, which is what they were treated as before."""
     fn = getattr(sampler, "sampler_function", None)
     name = str(getattr(fn, "__name__", "")).lower()
-    if not any(word in name for word in NOISE_ADDING_SAMPLER_WORDS):
-        return False
     options = getattr(sampler, "extra_options", None)
-    options = options if isinstance(options, dict) else {}
-    return not any(isinstance(options.get(k), (int, float)) and options.get(k) == 0 for k in NOISE_OFF_OPTIONS)
+    options = {k: v for k, v in (options.items() if isinstance(options, dict) else ())
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not any(word in name for word in NOISE_ADDING_SAMPLER_WORDS):
+        return options.get("eta", 0) > 0
+    return not any(options.get(k) == 0 for k in NOISE_OFF_OPTIONS)
 
 
 def dynamo_skip(fn):
