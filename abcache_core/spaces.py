@@ -50,7 +50,7 @@ SPACES = ("output", "noise", "data")
 
 @dataclasses.dataclass(frozen=True)
 class NoiseMap:
-    """Exact conversions between a model's output y and its noise estimate ε at (x, σ)."""
+    """Exact conversions between a model's output y and its noise estimate ε, or its data estimate D, at (x, σ)."""
 
     kind: str                 # flow | eps | v | v_ddpm | eps_latent
     sigma_data: float = 1.0   # v: the model sampling's σ_d
@@ -89,7 +89,6 @@ class NoiseMap:
             r = math.sqrt(s * s + 1.0)
             return r * eps - x * ((r - 1.0) / s)
         raise ValueError(f"unknown noise map {self.kind!r}")
-
 
     def _latent_scale(self, sigma: float) -> float:
         """VP kinds: the sampler's latent x_VE = D + σ ε over the input x this map receives."""

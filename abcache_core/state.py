@@ -344,8 +344,8 @@ class CacheRun:
         """(output, points used): the output recombined from the noise estimate -- the last noise estimates (at
         most ``limit``) extrapolated to ``target`` (fit ``lagrange``: exact through them; ``lsq``: a least-squares
         line), turned back into an output with the current input. ``data``: the history holds data estimates,
-        which are extrapolated the same way and turned into a noise estimate with the current input first.
-        None when the history has no estimates, the input is missing or the map cannot recombine at this
+        which are extrapolated the same way and turned back into an output with the current input
+        (NoiseMap.from_data). None when the history has no estimates, the input is missing or the map cannot recombine at this
         sigma."""
         space, x = here.space, here.x
         points = limit
@@ -376,8 +376,8 @@ class CacheRun:
         return y.to(noisy[0].y.dtype), m
 
     def _estimate(self, space: NoiseMap, y: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The estimate of a computed output kept in the history: its noise estimate, or (estimate space
-        ``data``) the data estimate that noise estimate implies at this input."""
+        """The estimate of a computed output kept in the history, in the run's estimate space: its noise estimate,
+        or its data estimate (NoiseMap.to_data)."""
         est = space.to_data(y, x, sigma) if self.estimate_space == "data" else space.to_noise(y, x, sigma)
         return est.to(y.dtype)
 
@@ -408,14 +408,14 @@ class CacheRun:
             return
         pos = step_position(self.schedule, float(sigma)) if self.steps > 0 else None
         pos = float("nan") if pos is None else pos
-        noise = space is not None and inputs is not None and self.estimate_space != "output" and float(sigma) > 0
+        keep_est = space is not None and inputs is not None and self.estimate_space != "output" and float(sigma) > 0
         with self._lock:
             for n, (key, y) in enumerate(outputs.items()):
                 y = y.detach()
                 prev = self._hist.get(key)
                 if n == 0 and prev and prev[0].y.shape == y.shape and prev[0].coord != c:
                     self._note_change(float(sigma), y, prev[0].y)
-                x = inputs.get(key) if noise else None
+                x = inputs.get(key) if keep_est else None
                 est = self._estimate(space, y, x, float(sigma)) if x is not None and x.shape == y.shape else None
                 if self.settings.cache_device == "cpu" and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
