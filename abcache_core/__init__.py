@@ -24,6 +24,8 @@ from .policy import (
     calls_for_speed,
     flow_times,
     spread_steps,
+    step_lengths,
+    uses_placement,
     extrapolation_rule,
     derive_table,
     parse_table,
@@ -33,6 +35,7 @@ from .policy import (
     schedule_problem,
     step_position,
 )
+from .sensitivity import VelocityProbe, measure_sensitivity
 from .spaces import NoiseMap, noise_map
 from .state import CacheRun, CallRecord, Decision, sigma_to_coordinate
 from .weights import amplification, binomial_weights, lagrange_weights, least_squares_weights, paper_weights
@@ -43,6 +46,7 @@ __all__ = [
     "CacheRun", "CacheSettings", "CallRecord", "Decision", "NoiseMap", "Param",
     "amplification", "binomial_weights", "calls_for_speed", "default", "defaults", "denoised_from_epsilon",
     "derive_table", "epsilon_from_denoised", "flow_times", "extrapolation_rule", "lagrange_weights",
-    "least_squares_weights", "noise_map", "paper_weights", "parse_table", "parse_table_codes", "plan",
-    "planned_compute", "spread_steps", "rescale_denoised", "schedule_problem", "sigma_to_coordinate", "step_position",
+    "least_squares_weights", "measure_sensitivity", "noise_map", "paper_weights", "parse_table", "parse_table_codes", "plan",
+    "planned_compute", "spread_steps", "rescale_denoised", "schedule_problem", "sigma_to_coordinate", "step_lengths",
+    "step_position", "uses_placement", "VelocityProbe",
 ]

@@ -81,7 +81,7 @@ _TABLE = (
         "high-noise steps change fastest).")),
     Param("mode", "choice", "even", choices=MODES, tooltip=(
         "even: run the model on the first and the last step and on steps spread between (closer together where "
-        "the schedule's steps are longer), as many as 'speed' allows (no warm-up). fixed: the first warm-up "
+        "the schedule's steps are longer or the sampler leans on a step's output more), as many as 'speed' allows (no warm-up). fixed: the first warm-up "
         "steps, then every interval-th step. adaptive: skip while the built-in error estimate stays under the "
         "tolerance. table: follow the per-step mask in 'table'. paper: the AB-Cache paper's exact rule (compute "
         "when step < warmup or step % interval == 0, binomial weights; set final_steps to 0 for the official "
@@ -124,7 +124,8 @@ _TABLE = (
         "skipped steps. 0 = reuse every block on skipped steps.")),
     Param("speed", "float", 3.0, min=0.0, max=10.0, step=0.25, tooltip=(
         "How many times fewer model calls to make: 3 = one call in three (about 3x faster), spread over the "
-        "steps (closer together where the schedule's steps are longer), first and last step included. 0 = use "
+        "steps (closer together where the schedule's steps are longer or the sampler leans on a step's output "
+        "more), first and last step included. 0 = use "
         "order/interval/warm-up as set (the fixed schedule of earlier versions).")),
     Param("extrapolator", "choice", "noise", choices=EXTRAPOLATORS, tooltip=(
         "What a skipped step is extrapolated from. noise: the model's noise estimate at the last computed steps, "

@@ -7,8 +7,9 @@ the step whose interval [sigmas[i], sigmas[i+1]) contains that sigma.
 
 Modes
 * ``even``     -- compute the first and the last step and spread steps between, evenly in the measure
-                  (step length in flow time)^SPREAD_POWER: as many computed steps as ``speed`` allows
-                  (``calls_for_speed``), no warm-up (:func:`spread_steps`).
+                  (the step's sensitivity)^SPREAD_POWER -- the sampler's own where it was measured
+                  (abcache_core/sensitivity.py), else the step length in flow time: as many computed steps as
+                  ``speed`` allows (``calls_for_speed``), no warm-up (:func:`spread_steps`).
 * ``fixed``    -- compute the first ``warmup`` steps, then every ``interval``-th step; extrapolate between.
 * ``paper``    -- the official AB-Cache schedule and rule: compute when ``i < warmup or i % interval == 0``
                   (the released code: ``i < 5 or i % 6 == 0``), binomial weights on the computed history.
@@ -298,11 +299,17 @@ def speed_problem(settings: CacheSettings, steps: int) -> Optional[str]:
             f"{steps / MIN_USEFUL_CALLS:.1f} here) or use more steps.")
 
 
-# Placement (docs/DESIGN.md, "Placement"): a skipped step adds to the result about its length dt in flow time
-# times its extrapolation error, which grows like g^k with the gap g (in steps) for an order-k rule; the sum is
-# smallest where the density of computed steps follows dt^(1/(k+1)) -- 1/3 for the default order 2. Measured
-# against plain even spacing on every trained model (docs/BENCHMARKS.md, "steps-placement" section).
+# Placement (docs/DESIGN.md, "Placement"): a skipped step adds to the result about its sensitivity s (how far an
+# error in its output moves the result; for euler its length dt in flow time) times its extrapolation error, which
+# grows like g^k with the gap g (in steps) for an order-k rule; the sum is smallest where the density of computed
+# steps follows s^(1/(k+1)) -- 1/3 for the default order 2. Measured against plain even spacing on every trained
+# model (docs/BENCHMARKS.md, "steps-placement" section).
 SPREAD_POWER = 1.0 / 3.0
+
+
+def uses_placement(settings: CacheSettings) -> bool:
+    """Whether ``settings`` place their computed steps by the steps' weights (:func:`spread_steps`): even mode."""
+    return settings.mode == "even"
 
 
 def flow_time(sigma: float, flow: bool) -> float:
@@ -313,30 +320,37 @@ def flow_time(sigma: float, flow: bool) -> float:
 
 
 def flow_times(schedule: Sequence[float], flow: bool) -> tuple:
-    """:func:`flow_time` of every sigma of a schedule (a tuple: placement results are cached by it)."""
+    """:func:`flow_time` of every sigma of a schedule."""
     return tuple(flow_time(s, flow) for s in schedule)
 
 
-def equal_times(steps: int) -> tuple:
-    """A schedule of ``steps`` equal steps in flow time: placement evenly by step index."""
-    return tuple(float(steps - i) / max(steps, 1) for i in range(steps + 1))
+def step_lengths(times: Sequence[float]) -> tuple:
+    """|t_i - t_{i+1}| of a schedule given in flow time (:func:`flow_times`): euler's sensitivity to each step's
+    velocity, the placement weights when the sampler's own are not known (abcache_core/sensitivity.py)."""
+    return tuple(abs(float(times[i]) - float(times[i + 1])) for i in range(len(times) - 1))
+
+
+def equal_weights(steps: int) -> tuple:
+    """Placement weights of ``steps`` equal steps: evenly by step index."""
+    return (1.0,) * max(int(steps), 0)
 
 
 @functools.lru_cache(maxsize=256)
-def spread_steps(times: tuple, calls: int, power: float = SPREAD_POWER) -> frozenset:
-    """The ``calls`` computed steps of the len(times) - 1 steps of a schedule given in flow time (``times``).
+def spread_steps(weights: tuple, calls: int, power: float = SPREAD_POWER) -> frozenset:
+    """The ``calls`` computed steps of the len(weights) steps of a schedule whose step i has sensitivity
+    ``weights[i]`` (:func:`step_lengths` in flow time, or the sampler's own: abcache_core/sensitivity.py).
 
-    Step i has weight |times[i] - times[i + 1]|^power (power 0: evenly by index) and sits at the weight of the
-    steps before it, scaled so that the first step is at 0 and the last at 1; the computed steps are the steps
-    nearest to ``calls`` evenly spaced targets 0, 1/(calls - 1), ..., 1 (a tie goes to the later step, a taken
-    step to the nearest free one). So the first and the last step are computed, and with equal steps the gaps
-    between computed steps differ by at most one."""
-    steps = len(times) - 1
+    Step i has weight |weights[i]|^power (power 0: evenly by index) and sits at the weight of the steps before
+    it, scaled so that the first step is at 0 and the last at 1; the computed steps are the steps nearest to
+    ``calls`` evenly spaced targets 0, 1/(calls - 1), ..., 1 (a tie goes to the later step, a taken step to the
+    nearest free one). So the first and the last step are computed, and with equal steps the gaps between
+    computed steps differ by at most one."""
+    steps = len(weights)
     if calls >= steps:
         return frozenset(range(max(steps, 0)))
     if calls <= 1:
         return frozenset({0}) if steps > 0 else frozenset()
-    weight = [abs(float(times[i]) - float(times[i + 1])) ** power for i in range(steps)]
+    weight = [abs(float(w)) ** power for w in weights]
     before = list(itertools.accumulate(weight[:-1], initial=0.0))
     if not before[-1] > 0:
         before = [float(i) for i in range(steps)]
@@ -375,18 +389,18 @@ def extrapolation_rule(settings: CacheSettings, reach: float, noise_injected: bo
     return space, "lagrange"
 
 
-def planned_compute(settings: CacheSettings, step: int, steps: int, times: Optional[tuple] = None) -> Optional[bool]:
-    """Schedule-level decision for ``step`` of ``steps``; ``times``: the schedule in flow time (:func:`flow_times`,
-    steps + 1 values), which places even mode's computed steps (None: equal steps).
+def planned_compute(settings: CacheSettings, step: int, steps: int, weights: Optional[tuple] = None) -> Optional[bool]:
+    """Schedule-level decision for ``step`` of ``steps``; ``weights``: each step's sensitivity (``steps`` values,
+    :func:`spread_steps`), which places even mode's computed steps (None: equal steps).
 
     True: must compute. False: may skip (if the history allows it). None: adaptive decides at call time.
     """
     if step < 0 or step >= steps:
         return True
-    if settings.mode == "even":
+    if uses_placement(settings):
         if not (settings.start_percent <= step / steps < settings.end_percent):
             return True
-        return step in spread_steps(times if times is not None else equal_times(steps),
+        return step in spread_steps(weights if weights is not None else equal_weights(steps),
                                     calls_for_speed(steps, settings.speed))
     if step < settings.warmup or step >= steps - settings.final_steps:
         return True
@@ -403,6 +417,6 @@ def planned_compute(settings: CacheSettings, step: int, steps: int, times: Optio
     return None  # adaptive
 
 
-def plan(settings: CacheSettings, steps: int, times: Optional[tuple] = None) -> list[Optional[bool]]:
+def plan(settings: CacheSettings, steps: int, weights: Optional[tuple] = None) -> list[Optional[bool]]:
     """planned_compute for every step (None where adaptive decides at call time)."""
-    return [planned_compute(settings, i, steps, times) for i in range(steps)]
+    return [planned_compute(settings, i, steps, weights) for i in range(steps)]

@@ -31,7 +31,7 @@ from typing import Any, Hashable, Iterable, Mapping, NamedTuple, Optional, Seque
 import torch
 
 from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, flow_time, flow_times, planned_compute,
-                     schedule_problem, step_position)
+                     schedule_problem, step_lengths, step_position)
 from .spaces import NoiseMap
 from .weights import amplification, lagrange_weights, least_squares_weights, paper_weights
 
@@ -98,17 +98,22 @@ def sigma_to_coordinate(sigma: float, coordinate: str, schedule: Sequence[float]
 class CacheRun:
     """State of one sampling call. ``schedule`` is the sigma schedule actually sampled (n + 1 values);
     ``flow`` says whether the model is a flow model (decides coordinate ``auto``); ``noise_injected`` whether
-    the sampler adds fresh noise at every step (the extrapolation space: policy.extrapolation_rule)."""
+    the sampler adds fresh noise at every step (the extrapolation space: policy.extrapolation_rule);
+    ``sensitivity`` the sampler's sensitivity to each of the n steps (abcache_core/sensitivity.py), which places
+    even mode's computed steps (None, or not n values: the step lengths in flow time, euler's)."""
 
     def __init__(self, settings: CacheSettings, schedule: Sequence[float], flow: bool = True,
-                 noise_injected: bool = False):
+                 noise_injected: bool = False, sensitivity: Optional[Sequence[float]] = None):
         self.settings = settings.resolved(flow).validate()
         self.noise_injected = bool(noise_injected)
         # the space the history's estimates are kept in (the same for every step of the run)
         self.estimate_space = extrapolation_rule(self.settings, 0.0, self.noise_injected)[0]
         self.schedule = [float(s) for s in schedule]
         self.steps = max(len(self.schedule) - 1, 0)
-        self.times = flow_times(self.schedule, flow)     # places even mode's computed steps
+        measured = sensitivity is not None and len(sensitivity) == self.steps
+        # places even mode's computed steps: the sampler's sensitivity to each step, else its length in flow time
+        self.weights = tuple(float(w) for w in sensitivity) if measured else step_lengths(flow_times(self.schedule, flow))
+        self.placement = "sampler" if measured else "step lengths"
         self.unsupported: Optional[str] = schedule_problem(self.schedule)   # set: nothing is cached
         self.records: list[CallRecord] = []
         self._hist: dict[Hashable, deque] = {}
@@ -195,7 +200,7 @@ class CacheRun:
             return pos, None, "off-schedule"
         level = round(sigma, 12)
         prior = self._decided.get(level)
-        if planned_compute(self.settings, int(math.floor(pos + 1e-6)), self.steps, self.times) is True:
+        if planned_compute(self.settings, int(math.floor(pos + 1e-6)), self.steps, self.weights) is True:
             return pos, level, "planned"
         if prior is True:
             return pos, level, "same sigma computed"

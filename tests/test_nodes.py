@@ -63,7 +63,7 @@ def test_node_defaults_even_placement_and_noise_space(env, family):
     output-space extrapolator on the same steps)."""
     import comfy.model_sampling
 
-    from abcache_core import CacheSettings, calls_for_speed, flow_times, spread_steps, step_position
+    from abcache_core import CacheSettings, calls_for_speed, flow_times, spread_steps, step_lengths, step_position
 
     case = env.case(family)
     steps = 12
@@ -74,7 +74,7 @@ def test_node_defaults_even_placement_and_noise_space(env, family):
     assert spy_on.calls == _expected(spy_ref, CacheSettings(mode="even", speed=3.0), flow) == 4 * spy_ref.calls // steps
     sched = spy_ref.schedules[0]
     ran = sorted({round(step_position(sc, s)) for s, sc in zip(spy_on.sigmas, spy_on.schedules)})
-    assert ran == sorted(spread_steps(flow_times(sched, flow), calls_for_speed(steps, 3.0)))
+    assert ran == sorted(spread_steps(step_lengths(flow_times(sched, flow)), calls_for_speed(steps, 3.0)))
     st = env.tm.streams
     assert all(torch.isfinite(o).all() for o in st(on)) and spy_on.inputs_intact
     out_space = env.harness.apply_node(env.nodes.ABCacheAdvancedNode, case.patcher, mode="even", speed=3.0,

@@ -133,7 +133,7 @@ SCHEDULERS = ["simple", "normal", "karras", "sgm_uniform", "beta", "exponential"
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(family=st.sampled_from(FAMILIES), sampler=st.sampled_from(SAMPLERS), scheduler=st.sampled_from(SCHEDULERS),
        cfg=st.sampled_from([1.0, 3.5]), denoise=st.sampled_from([1.0, 0.6]), steps=st.integers(1, 14),
-       batch=st.integers(1, 2), mode=st.sampled_from(["fixed", "adaptive", "paper", "table"]),
+       batch=st.integers(1, 2), mode=st.sampled_from(["fixed", "adaptive", "paper", "table", "even"]),
        order=st.integers(1, 4), interval=st.integers(1, 6), warmup=st.integers(0, 6),
        final_steps=st.integers(0, 2), tolerance=st.sampled_from([0.0, 0.01, 0.5]),
        window=st.sampled_from([(0.0, 1.0), (0.2, 0.8)]), coordinate=st.sampled_from(COORDINATES))

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abcache_core import CacheRun, CacheSettings, plan
-from abcache_core.policy import SPREAD_POWER, calls_for_speed, equal_times, extrapolation_rule, flow_times, spread_steps
+from abcache_core.policy import (SPREAD_POWER, calls_for_speed, equal_weights, extrapolation_rule, flow_times,
+                                 spread_steps, step_lengths)
 from abcache_core.spaces import NoiseMap
 
 finite = dict(allow_nan=False, allow_infinity=False)
@@ -210,7 +211,7 @@ def test_calls_for_speed(steps, speed, calls):
 @given(steps=st.integers(2, 200), speed=st.floats(1.0, 10.0, **finite))
 def test_even_placement_on_equal_steps_first_last_and_spread(steps, speed):
     calls = calls_for_speed(steps, speed)
-    chosen = sorted(spread_steps(equal_times(steps), calls))
+    chosen = sorted(spread_steps(equal_weights(steps), calls))
     assert len(chosen) == calls and chosen[0] == 0 and chosen[-1] == steps - 1
     gaps = [b - a for a, b in zip(chosen, chosen[1:])]
     assert max(gaps) - min(gaps) <= 1
@@ -223,19 +224,17 @@ def test_even_placement_on_equal_steps_first_last_and_spread(steps, speed):
 @given(lengths=st.lists(st.floats(1e-4, 1.0, **finite), min_size=2, max_size=80), speed=st.floats(1.0, 6.0, **finite))
 def test_spread_placement_on_any_schedule(lengths, speed):
     """Any strictly decreasing schedule: exactly calls_for_speed steps, the first and the last among them."""
-    times = tuple(sum(lengths[i:]) for i in range(len(lengths))) + (0.0,)
     steps = len(lengths)
     calls = calls_for_speed(steps, speed)
-    chosen = sorted(spread_steps(times, calls))
+    chosen = sorted(spread_steps(tuple(lengths), calls))
     assert len(chosen) == calls and chosen[0] == 0 and chosen[-1] == steps - 1
 
 
 def test_spread_placement_follows_step_length():
     """Long steps get computed steps more often: with the second half's steps 8x longer, the density there is
     8^SPREAD_POWER = 2x the first half's (the equidistribution of an order-2 rule, docs/DESIGN.md)."""
-    lengths = [1.0] * 30 + [8.0] * 30
-    times = tuple(sum(lengths[i:]) for i in range(60)) + (0.0,)
-    chosen = spread_steps(times, 16)
+    lengths = tuple([1.0] * 30 + [8.0] * 30)
+    chosen = spread_steps(lengths, 16)
     first, second = sum(1 for i in chosen if i < 30), sum(1 for i in chosen if i >= 30)
     assert SPREAD_POWER == pytest.approx(1 / 3)
     assert (first, second) in ((5, 11), (6, 10)), (first, second)
@@ -258,9 +257,9 @@ def test_cache_run_places_computed_steps_by_its_schedule(flow):
         if not run.decide(s, ["k"]).skip:
             computed.append(i)
             run.record(s, {"k": torch.full((3,), s)})
-    want = sorted(spread_steps(flow_times(sched, flow), calls_for_speed(steps, 3.0)))
-    assert computed == want
-    assert want != sorted(spread_steps(equal_times(steps), calls_for_speed(steps, 3.0)))
+    want = sorted(spread_steps(step_lengths(flow_times(sched, flow)), calls_for_speed(steps, 3.0)))
+    assert computed == want and run.placement == "step lengths"
+    assert want != sorted(spread_steps(equal_weights(steps), calls_for_speed(steps, 3.0)))
 
 
 def test_even_mode_needs_a_speed_of_at_least_one():

@@ -315,7 +315,7 @@ def cache_plan(steps: int, order: int, interval: int, warmup: int, final_steps: 
     if mode == "even":
         return (f"With {steps} steps the model runs on {len(computed)} of them ({steps / len(computed):.1f}x fewer "
                 f"calls): the first, the last, and steps spread between, closer together where the schedule's "
-                f"steps are longer. Every other step is extrapolated.")
+                f"steps are longer or the sampler leans on a step's output more. Every other step is extrapolated.")
     return (f"With {steps} steps the model runs on steps {', '.join(map(str, computed))} "
             f"({len(computed)} of {steps} calls, {steps / len(computed):.1f}x fewer); every other step "
             f"is extrapolated.")

@@ -104,9 +104,9 @@ class BlockRun:
 
     name = NAME
 
-    def __init__(self, spec: BlockCacheSpec, schedule, n_double: int, flow: bool):
+    def __init__(self, spec: BlockCacheSpec, schedule, n_double: int, flow: bool, sensitivity=None):
         self.spec = spec
-        self.run = CacheRun(spec.settings, schedule, flow=flow)
+        self.run = CacheRun(spec.settings, schedule, flow=flow, sensitivity=sensitivity)
         self.n_double = n_double
         self.flow = flow
         self.lock = threading.Lock()
@@ -131,12 +131,12 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                                 RUN_WRAPPERS)
 
 
-def _start(spec: BlockCacheSpec, patcher, schedule, noise_injected: bool = False) -> BlockRun:
+def _start(spec: BlockCacheSpec, patcher, schedule, noise_injected: bool = False, sensitivity=None) -> BlockRun:
     # noise_injected is not used: the block cache extrapolates residuals, not the model's noise estimate
     sampling = scope.sampling_of(patcher)
     n_double, _ = block_counts(patcher.model.diffusion_model)
     scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
-    active = BlockRun(spec, schedule, n_double, scope.is_flow(sampling))
+    active = BlockRun(spec, schedule, n_double, scope.is_flow(sampling), sensitivity)
     scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
 

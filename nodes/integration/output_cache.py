@@ -33,6 +33,7 @@ import torch
 import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings
+from ...abcache_core.policy import uses_placement
 from ...abcache_core.spaces import noise_map
 from .scope import replace_arg
 from .passes import PASS_WRAPPERS, calc_cond_batch_args, pass_tag, tag_passes
@@ -57,9 +58,9 @@ class ActiveRun:
     """Per-sampling-call state shared by the wrappers of one run."""
 
     def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool, model_space=None,
-                 noise_injected: bool = False):
+                 noise_injected: bool = False, sensitivity=None):
         self.spec = spec
-        self.run = CacheRun(spec.settings, schedule, flow=flow, noise_injected=noise_injected)
+        self.run = CacheRun(spec.settings, schedule, flow=flow, noise_injected=noise_injected, sensitivity=sensitivity)
         self.level = level                     # "diffusion_model" or "apply_model"
         self.flow = flow                       # CONST (flow) model sampling: the exposure rescale's space
         # noise maps (abcache_core/spaces.py) of what each level caches: the model's raw output, d = (x - D)/sigma
@@ -90,10 +91,11 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME, RUN_WRAPPERS)
 
 
-def _start(spec: CacheSpec, patcher, schedule, noise_injected: bool = False) -> ActiveRun:
+def _start(spec: CacheSpec, patcher, schedule, noise_injected: bool = False, sensitivity=None) -> ActiveRun:
     model, sampling = patcher.model, scope.sampling_of(patcher)
     level = "diffusion_model" if scope.has_diffusion_model_hook(model.diffusion_model) else "apply_model"
-    active = ActiveRun(spec, schedule, level, scope.is_flow(sampling), scope.noise_map_of(sampling), noise_injected)
+    active = ActiveRun(spec, schedule, level, scope.is_flow(sampling), scope.noise_map_of(sampling), noise_injected,
+                       sensitivity)
     scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
     scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
@@ -102,8 +104,9 @@ def _start(spec: CacheSpec, patcher, schedule, noise_injected: bool = False) -> 
 def _finish(active: ActiveRun) -> None:
     run = active.run
     try:
-        LOG.info("%s [%s, %s, order %d, %s, %s space]", run.summary_line(), run.settings.mode,
-                 run.settings.coordinate, run.settings.order, active.level, run.estimate_space)
+        LOG.info("%s [%s, %s, order %d, %s, %s space%s]", run.summary_line(), run.settings.mode,
+                 run.settings.coordinate, run.settings.order, active.level, run.estimate_space,
+                 f", placed by {run.placement}" if uses_placement(run.settings) else "")
         if active.spec.sink is not None:
             active.spec.sink.put({
                 "summary": run.summary(),
@@ -112,6 +115,7 @@ def _finish(active: ActiveRun) -> None:
                 "level": active.level,
                 "flow": active.flow,
                 "estimate_space": run.estimate_space,
+                "placement": run.placement if uses_placement(run.settings) else None,
                 "records": [dataclasses.asdict(r) for r in run.records],
             })
     finally:

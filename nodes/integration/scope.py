@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import Optional
 
 import torch
@@ -16,7 +17,8 @@ import comfy.model_patcher
 import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings, plan, rescale_denoised
-from ...abcache_core.policy import speed_problem
+from ...abcache_core.policy import speed_problem, uses_placement
+from ...abcache_core.sensitivity import measure_sensitivity
 
 LOG = logging.getLogger("ab_cache")
 
@@ -136,8 +138,9 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     """The OUTER_SAMPLE pattern shared by every cache node of this pack.
 
     Reads the node's spec at ``model_options[key]``; bypasses (with a warning) when another step cache is
-    attached; otherwise builds the per-run state with ``start(spec, model_patcher, schedule, noise_injected)``
-    (:func:`sampler_adds_noise` of the sampler this call runs), and installs,
+    attached; otherwise builds the per-run state with ``start(spec, model_patcher, schedule, noise_injected,
+    sensitivity)`` (:func:`sampler_adds_noise` and, where the settings place steps by it,
+    :func:`sampler_sensitivity` of the sampler this call runs), and installs,
     in a copy of the guider's model_options for this sampling call only, the per-run wrappers
     ``wrappers[wrapper_type](active, executor, *args, **kwargs)`` bound to that state under ``key`` (replacing
     the pass-through placeholders the node registered, so the wrapper order of the graph is kept). Nothing of
@@ -155,7 +158,11 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
     sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
-    active = start(spec, guider.model_patcher, schedule, sampler_adds_noise(sampler))
+    noise_injected = sampler_adds_noise(sampler)
+    sensitivity = None
+    if uses_placement(spec.settings) and not noise_injected:
+        sensitivity = sampler_sensitivity(sampler, schedule, is_flow(sampling_of(guider.model_patcher)))
+    active = start(spec, guider.model_patcher, schedule, noise_injected, sensitivity)
     mo = comfy.model_patcher.create_model_options_clone(orig)
     to = mo["transformer_options"] = dict(mo.get("transformer_options", {}))
     wr = to["wrappers"] = dict(to.get("wrappers", {}))
@@ -190,6 +197,27 @@ def sampler_adds_noise(sampler) -> bool:
     if not any(word in name for word in NOISE_ADDING_SAMPLER_WORDS):
         return options.get("eta", 0) > 0
     return not any(options.get(k) == 0 for k in NOISE_OFF_OPTIONS)
+
+
+def sampler_sensitivity(sampler, schedule: list, flow: bool) -> Optional[tuple]:
+    """How much the result of ComfyUI's ``sampler`` moves per unit of error in each step's model output, measured
+    by running its sampler function on the core's linear probe model over ``schedule`` (abcache_core/
+    sensitivity.py: a latent of one value per step, no model runs, in milliseconds). None where it cannot be
+    measured -- no ``sampler_function`` (a custom Sampler class), a sampler that adds noise, or anything the
+    core's checks refuse -- and even mode then places by the step lengths, as for euler. The global random state
+    and the warnings a sampler may raise on such an input stay as they were."""
+    fn = getattr(sampler, "sampler_function", None)
+    if not callable(fn) or sampler_adds_noise(sampler):
+        return None
+    options = getattr(sampler, "extra_options", None)
+    options = dict(options) if isinstance(options, dict) else {}
+
+    def run(model, x, sigmas):
+        return fn(model, x, sigmas, extra_args={}, callback=None, disable=True, **options)
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return measure_sensitivity(run, schedule, flow)
 
 
 def dynamo_skip(fn):

@@ -1,0 +1,236 @@
+"""The sampler's sensitivity to each step's output (abcache_core/sensitivity.py), which places even mode's computed
+steps: exact on samplers whose coefficients are known in closed form, refused where the result is not linear in
+the model's output, and measured on ComfyUI's own samplers by the node's scope (tests at the bottom)."""
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from abcache_core import CacheRun, CacheSettings
+from abcache_core.policy import calls_for_speed, flow_times, spread_steps, step_lengths
+from abcache_core.sensitivity import VelocityProbe, measure_sensitivity
+
+finite = dict(allow_nan=False, allow_infinity=False)
+
+
+# Hand-written samplers in ComfyUI's calling convention: model(x, sigma * s_in) -> data estimate D.
+def euler(model, x, sigmas):
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        d = (x - model(x, sigmas[i] * s_in)) / sigmas[i]
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def adams_bashforth_2(model, x, sigmas):
+    """Flow models only: AB2 on the velocity v = (x - D)/sigma over steps h_i = sigma_{i+1} - sigma_i, euler first."""
+    s_in = x.new_ones([x.shape[0]])
+    v_prev, h_prev = None, None
+    for i in range(len(sigmas) - 1):
+        v = (x - model(x, sigmas[i] * s_in)) / sigmas[i]
+        h = sigmas[i + 1] - sigmas[i]
+        slope = v if v_prev is None else v + h / (2 * h_prev) * (v - v_prev)
+        x = x + h * slope
+        v_prev, h_prev = v, h
+    return x
+
+
+def ab2_sensitivity(sigmas):
+    """The closed form of adams_bashforth_2's sensitivity to v_i: h_i (1 + r_i/2) - h_{i+1} r_{i+1}/2, r_i = h_i/h_{i-1}."""
+    h = [sigmas[i + 1] - sigmas[i] for i in range(len(sigmas) - 1)]
+    r = [0.0] + [h[i] / h[i - 1] for i in range(1, len(h))]
+    return [abs(h[i] * (1 + r[i] / 2) - (h[i + 1] * r[i + 1] / 2 if i + 1 < len(h) else 0.0)) for i in range(len(h))]
+
+
+def schedules(flow: bool):
+    """Strictly decreasing schedules ending in 0: flow sigma <= 1, VP sigma up to 15."""
+    top = 1.0 if flow else 15.0
+    return st.lists(st.floats(0.01, 1.0, **finite), min_size=2, max_size=40).map(
+        lambda w: [top * sum(w[i:]) / sum(w) for i in range(len(w))] + [0.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), flow=st.booleans())
+def test_euler_sensitivity_is_the_step_length_in_flow_time(data, flow):
+    """For euler, flow and VP alike, the measured sensitivity is exactly the step length in flow time: even mode
+    places euler's steps where it did before the sampler was measured."""
+    sched = data.draw(schedules(flow))
+    got = measure_sensitivity(euler, sched, flow)
+    assert got == pytest.approx(step_lengths(flow_times(sched, flow)), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_multistep_sensitivity_matches_its_closed_form(data):
+    """A second-order Adams-Bashforth sampler carries each step's velocity into the next step: the probe measures
+    exactly its coefficients, which differ from the step lengths."""
+    sched = data.draw(schedules(True))
+    got = measure_sensitivity(adams_bashforth_2, sched, True)
+    assert got == pytest.approx(ab2_sensitivity(sched), rel=1e-9, abs=1e-12)
+
+
+def test_probe_returns_the_data_estimate_of_its_velocity():
+    """At a call in step j the probe's velocity in flow time is e_j: flow D = x - sigma v; VP (x = x0 + sigma eps)
+    D = x/(1 + sigma) - sigma/(1 + sigma) v; a sigma between two schedule points belongs to the step it lies in."""
+    x = torch.arange(12, dtype=torch.float64).reshape(1, 3, 2, 2)
+    flow = VelocityProbe([1.0, 0.6, 0.3, 0.0], flow=True)
+    v = torch.zeros_like(x)
+    v[:, 1] = 1.0
+    assert torch.allclose(flow(x, torch.tensor([0.45], dtype=torch.float64)), x - 0.45 * v)
+    vp = VelocityProbe([14.0, 3.0, 0.5, 0.0], flow=False, scale=2.0)
+    v = torch.zeros_like(x)
+    v[:, 2] = 2.0
+    assert torch.allclose(vp(x, torch.tensor([0.5], dtype=torch.float64)), x / 1.5 - (0.5 / 1.5) * v)
+    assert vp.called == {2} and flow.called == {1}
+
+
+def _adds_noise(model, x, sigmas):
+    out = euler(model, x, sigmas)
+    return out + 0.01 * torch.randn_like(out)
+
+
+def _off_schedule(model, x, sigmas):
+    return model(x, sigmas[0] * 1.5 * x.new_ones([1]))
+
+
+def _controls_its_step(model, x, sigmas):
+    out = euler(model, x, sigmas)
+    return out * (1.0 + out.norm())           # a norm across the latent: not linear in the outputs
+
+
+def _skips_a_step(model, x, sigmas):
+    return euler(model, x, sigmas[::2])
+
+
+def _two_calls_a_step(model, x, sigmas):
+    """Heun: a corrector's call at the end of each step, at the next step's noise level."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        d = (x - model(x, sigmas[i] * s_in)) / sigmas[i]
+        h = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * h
+            continue
+        x2 = x + d * h
+        d2 = (x2 - model(x2, sigmas[i + 1] * s_in)) / sigmas[i + 1]
+        x = x + (d + d2) / 2 * h
+    return x
+
+
+def _raises(model, x, sigmas):
+    raise RuntimeError("this sampler needs a real model")
+
+
+def _mixes_float32(model, x, sigmas):
+    """Fails in float64 the way UniPC does (a float32 tensor of its own in a tensordot): measured in float32."""
+    out = euler(model, x, sigmas)
+    return torch.tensordot(out, torch.ones(1, dtype=torch.float32), dims=([3], [0])).unsqueeze(-1)
+
+
+@pytest.mark.parametrize("sampler", [_adds_noise, _off_schedule, _controls_its_step, _skips_a_step, _two_calls_a_step,
+                                     _raises])
+def test_unmeasurable_samplers_give_none(sampler):
+    sched = [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert measure_sensitivity(sampler, sched, True) is None
+
+
+def test_a_sampler_that_fails_in_float64_is_measured_in_float32():
+    sched = [14.6, 4.0, 1.2, 0.3, 0.03, 0.0]
+    got = measure_sensitivity(_mixes_float32, sched, False)
+    assert got == pytest.approx(step_lengths(flow_times(sched, False)), rel=1e-5)
+
+
+def test_cache_run_places_by_the_sensitivity_it_is_given():
+    """CacheRun in even mode computes exactly the steps spread_steps picks on the sensitivity it gets (and on the
+    step lengths without one, or with one of the wrong length)."""
+    sched = [1.0 - i / 20 for i in range(20)] + [0.0]
+    sens = tuple([0.05] * 15 + [0.4] * 5)     # a sampler that amplifies the last steps' outputs
+    speed, calls = 3.0, calls_for_speed(20, 3.0)
+
+    def computed(run):
+        got = []
+        for i, s in enumerate(sched[:-1]):
+            if not run.decide(s, ["k"]).skip:
+                got.append(i)
+                run.record(s, {"k": torch.full((2,), s)})
+        return got
+
+    run = CacheRun(CacheSettings(mode="even", speed=speed), sched, flow=True, sensitivity=sens)
+    assert run.placement == "sampler" and computed(run) == sorted(spread_steps(sens, calls))
+    plain = CacheRun(CacheSettings(mode="even", speed=speed), sched, flow=True, sensitivity=sens[:-1])
+    assert plain.placement == "step lengths"
+    assert computed(plain) == sorted(spread_steps(step_lengths(sched), calls)) != sorted(spread_steps(sens, calls))
+
+
+# ------------------------------------------------------------------------------ ComfyUI's own samplers
+def _scope(env):
+    return sys.modules[env.nodes.__name__ + ".integration.scope"]
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_comfyui_samplers_measured_or_refused(env, flow):
+    """scope.sampler_sensitivity on every sampler this ComfyUI offers, on a 20-step schedule: euler and ddim measure
+    the step lengths; the multistep samplers (dpmpp_2m, deis, ipndm, lms, uni_pc, res_multistep) are measured and
+    weigh the last steps more than their lengths; samplers that call the model twice in a step (heun, dpm_2),
+    that add noise, that control their own steps (dpm_adaptive, dpm_fast) or need the real guider (cfg_pp) are
+    refused. The global random state is left as it was."""
+    import comfy.samplers
+
+    scope = _scope(env)
+    if flow:
+        sched = [3 * (1 - i / 20) / (1 + 2 * (1 - i / 20)) for i in range(21)]
+    else:
+        sched = [(14.6 ** (1 / 7) + i / 19 * (0.03 ** (1 / 7) - 14.6 ** (1 / 7))) ** 7 for i in range(20)] + [0.0]
+    lengths = step_lengths(flow_times(sched, flow))
+    state = torch.random.get_rng_state()
+    got = {name: scope.sampler_sensitivity(comfy.samplers.sampler_object(name), sched, flow)
+           for name in comfy.samplers.KSampler.SAMPLERS}
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for name in ("euler", "ddim"):
+        assert got[name] == pytest.approx(lengths, rel=1e-9), name
+    for name in ("dpmpp_2m", "deis", "ipndm", "lms", "uni_pc", "res_multistep"):
+        s = got[name]
+        assert s is not None and len(s) == 20 and all(math.isfinite(v) and v >= 0 for v in s), name
+        assert max(a / b for a, b in zip(s[-4:], lengths[-4:])) > 1.5, name
+    adds_noise = [n for n in got if scope.sampler_adds_noise(comfy.samplers.sampler_object(n))]
+    assert "euler_ancestral" in adds_noise and "dpmpp_2m_sde" in adds_noise
+    for name in adds_noise + ["heun", "dpm_2", "dpm_adaptive", "dpm_fast", "euler_cfg_pp", "dpmpp_2m_cfg_pp"]:
+        assert got[name] is None, name
+    assert scope.sampler_adds_noise(None) is False and scope.sampler_sensitivity(None, sched, flow) is None
+    assert scope.sampler_sensitivity(object(), sched, flow) is None
+
+
+@pytest.mark.parametrize("family", ["flux_dev", "sd15"])
+def test_node_places_by_the_sampler_it_runs(env, family):
+    """The simple node at its defaults under dpmpp_2m: the forward runs on exactly the steps spread by the
+    sampler's measured sensitivity (not by the step lengths, which euler keeps), the log and the report say
+    'sampler', and the output is finite."""
+    import comfy.model_sampling
+    import comfy.samplers
+
+    from abcache_core import step_position
+
+    case = env.case(family)
+    steps = 20
+    flow = isinstance(case.patcher.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    model = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=2.0)
+    sink = model.model_options["ab_cache"].sink
+    ran, placements = {}, {}
+    for sampler in ("euler", "dpmpp_2m"):
+        out, spy = env.harness.run_spied(case, model, steps=steps, sampler=sampler, scheduler="normal")
+        assert torch.isfinite(out).all() and spy.inputs_intact
+        ran[sampler] = sorted({round(step_position(sc, s)) for s, sc in zip(spy.sigmas, spy.schedules)})
+        placements[sampler] = sink.last["placement"]
+        sched = spy.schedules[0]
+    calls = calls_for_speed(steps, 2.0)
+    sens = _scope(env).sampler_sensitivity(comfy.samplers.sampler_object("dpmpp_2m"), sched, flow)
+    assert ran["dpmpp_2m"] == sorted(spread_steps(sens, calls))
+    assert ran["euler"] == sorted(spread_steps(step_lengths(flow_times(sched, flow)), calls)) != ran["dpmpp_2m"]
+    assert placements == {"euler": "sampler", "dpmpp_2m": "sampler"}
+    out, spy = env.harness.run_spied(case, model, steps=steps, sampler="euler_ancestral", scheduler="normal")
+    assert sink.last["placement"] == "step lengths" and torch.isfinite(out).all()
