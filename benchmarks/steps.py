@@ -3,6 +3,7 @@
     python -m benchmarks.steps                  # the table (held-out noise), writes docs/BENCHMARKS.md
     python -m benchmarks.steps --study          # the extrapolator study on the search noise
     python -m benchmarks.steps --placement      # the placement study on the search noise
+    python -m benchmarks.steps --sampler-placement   # placement by the sampler's sensitivity, search noise
     python -m benchmarks.steps --models flux    # one model; --quick: fewer settings
     python -m benchmarks.steps --from-log a.log b.log   # write the section from runs split over processes
 
@@ -79,6 +80,15 @@ STUDY_SETTINGS = (0, 1, 2, 3, 5)
 # 0 = evenly by step index. The default is policy.SPREAD_POWER.
 PLACEMENTS = {"evenly by step index": 0.0, "spread, power 1/3 (default)": 1.0 / 3.0, "spread, power 1/2": 0.5}
 PLACEMENT_SETTINGS = (0, 1, 2)      # euler at cfg > 1, 20 / 28 / 50 steps
+# The sampler-placement study: multistep samplers (one model call per step, so the node measures their sensitivity)
+# at 20 and 28 steps; candidates: the node's placement against the step lengths' on the same settings.
+SAMPLER_PLACEMENT_SAMPLERS = ("dpmpp_2m", "deis", "uni_pc", "ipndm")
+SAMPLER_PLACEMENTS = ("sampler sensitivity (default)", "step lengths")
+
+
+def sampler_placement_settings(model: str) -> list[tuple[Setting, tuple[float, ...]]]:
+    return [(Setting(sampler, steps, CFG[model], SCHEDULER[model]), (2.0, 3.0))
+            for sampler in SAMPLER_PLACEMENT_SAMPLERS for steps in (20, 28)]
 
 
 @dataclasses.dataclass
@@ -128,18 +138,32 @@ class Runner:
     def placed(self, s: Setting, speed: float, power: float):
         """AB-Cache with the defaults' extrapolator and axis on the steps spread_steps picks with ``power`` on this
         setting's schedule (through the Advanced node's table mode: the same steps, no warm-up or final step)."""
-        import comfy.samplers
-
         from abcache_core import CacheSettings
-        from abcache_core.policy import calls_for_speed, flow_times, spread_steps
+        from abcache_core.policy import calls_for_speed, flow_times, spread_steps, step_lengths
 
-        sampling = self.b.patcher.get_model_object("model_sampling")
-        sigmas = comfy.samplers.calculate_sigmas(sampling, s.scheduler, s.steps).tolist()
-        steps = spread_steps(flow_times(sigmas, self.flow), calls_for_speed(s.steps, speed), power)
-        table = "".join("F" if i in steps else "s" for i in range(s.steps))
+        sigmas = self.sigmas(s)
+        n = len(sigmas) - 1
+        steps = spread_steps(step_lengths(flow_times(sigmas, self.flow)), calls_for_speed(n, speed), power)
+        table = "".join("F" if i in steps else "s" for i in range(n))
         axis = CacheSettings(mode="even").resolved(self.flow).coordinate    # the defaults' axis, not table mode's
         return self.b.harness.apply_node(self.b.nodes.ABCacheAdvancedNode, self.b.patcher, mode="table", table=table,
                                          warmup=0, final_steps=0, extrapolator="noise", order=2, coordinate=axis)
+
+    def sigmas(self, s: Setting) -> list:
+        """The schedule this setting's sampler runs (uni_pc and dpm_2 drop the penultimate sigma)."""
+        import comfy.samplers
+
+        return comfy.samplers.KSampler(self.b.patcher, s.steps, "cpu", s.sampler, s.scheduler).sigmas.tolist()
+
+    def placed_by_sampler(self, s: Setting, speed: float) -> bool:
+        """Whether the node's placement on this setting (by the sampler's measured sensitivity) computes other steps
+        than the step lengths in flow time would (euler's: never)."""
+        from abcache_core.policy import calls_for_speed, flow_times, spread_steps, step_lengths
+
+        sigmas = self.sigmas(s)
+        calls = calls_for_speed(len(sigmas) - 1, speed)
+        return (spread_steps(self.b.harness.placement_weights(sigmas, self.flow, s.sampler), calls)
+                != spread_steps(step_lengths(flow_times(sigmas, self.flow)), calls))
 
     def simple(self, **inputs):
         return self.b.harness.apply_node(self.b.nodes.ABCacheNode, self.b.patcher, **inputs)
@@ -191,13 +215,16 @@ def psnr(ref, imgs) -> float:
     return statistics.fmean(frame_metrics(ref, imgs)[0])
 
 
-def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool = False) -> list[SRow]:
-    study = study or placement
+def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool = False, samplers=None,
+              sampler_placement: bool = False) -> list[SRow]:
+    study = study or placement or sampler_placement
     r = Runner(model, seeds, SEARCH_SEED_BASE if study else HELD_OUT_SEED_BASE)
     rows = []
-    chosen = settings_for(model, quick)
-    if study and not quick:
+    chosen = sampler_placement_settings(model) if sampler_placement else settings_for(model, quick)
+    if study and not quick and not sampler_placement:
         chosen = [chosen[i] for i in (PLACEMENT_SETTINGS if placement else STUDY_SETTINGS)]
+    if samplers:
+        chosen = [(s, speeds) for s, speeds in chosen if s.sampler in samplers]
     for s, speeds in chosen:
         t0 = time.perf_counter()
         ref, full = r.sample(r.b.patcher, s)
@@ -209,6 +236,13 @@ def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool 
 
         for speed in speeds:
             budget = BUDGETS[speed]
+            if sampler_placement:      # the node's steps; the step lengths' where they differ (else the same)
+                imgs, c = r.sample(r.simple(speed=speed), s)
+                add(budget, f"placement: {SAMPLER_PLACEMENTS[0]}", imgs, c)
+                if r.placed_by_sampler(s, speed):
+                    imgs, c = r.sample(r.placed(s, speed, SPREAD_POWER), s)
+                add(budget, f"placement: {SAMPLER_PLACEMENTS[1]}", imgs, c)
+                continue
             if placement:
                 for label, power in PLACEMENTS.items():
                     imgs, c = r.sample(r.placed(s, speed, power), s)
@@ -224,6 +258,9 @@ def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool 
             cap = calls
             imgs, c = r.sample(r.advanced(speed, extrapolator="output"), s)
             add(budget, "even, output (ablation)", imgs, c)
+            if r.placed_by_sampler(s, speed):   # the sampler's sensitivity moved steps: the step lengths' placement
+                imgs, c = r.sample(r.placed(s, speed, SPREAD_POWER), s)
+                add(budget, "even, step-length placement (ablation)", imgs, c)
             if not r.flow:      # VP: the defaults' axis (flow time) against lambda, the paper's modes' axis
                 imgs, c = r.sample(r.advanced(speed, coordinate="lambda"), s)
                 add(budget, "even, lambda axis (ablation)", imgs, c)
@@ -266,24 +303,33 @@ def targets(model: str, setting: str, budget: str, psnr: float, margin: float) -
     return out
 
 
-def summarize_axis(rows: list[SRow]) -> list[str]:
-    """The defaults (flow time) against the same steps with the weights on lambda, where the table has both."""
-    gains = []
-    for x in rows:
-        if x.method == "even, lambda axis (ablation)":
-            ab = next(y for y in rows if (y.model, y.setting, y.budget) == (x.model, x.setting, x.budget)
-                      and y.method.startswith("AB-Cache defaults"))
-            gains.append(ab.psnr - x.psnr)
-    if not gains:
-        return []
-    return [f"- Axis: flow time against lambda on the same steps (SD 1.5): {min(gains):+.1f} to {max(gains):+.1f} dB, "
-            f"mean {statistics.fmean(gains):+.1f} dB; flow time better at {sum(g > 0 for g in gains)} of {len(gains)} "
-            f"points."]
+# Ablation rows the table's summary weighs against the defaults on the same steps: (method, what the line says).
+ABLATION_LINES = (
+    ("even, lambda axis (ablation)", "Axis: flow time against lambda on the same steps (SD 1.5)", "flow time"),
+    ("even, step-length placement (ablation)", "Placement: by the sampler's measured sensitivity against by the step "
+     "lengths, where the two pick other steps", "the sensitivity"),
+)
+
+
+def summarize_ablations(rows: list[SRow]) -> list[str]:
+    """The defaults against each ablation of ABLATION_LINES, where the table has it."""
+    lines = []
+    for method, what, winner in ABLATION_LINES:
+        gains = []
+        for x in rows:
+            if x.method == method:
+                ab = next(y for y in rows if (y.model, y.setting, y.budget) == (x.model, x.setting, x.budget)
+                          and y.method.startswith("AB-Cache defaults"))
+                gains.append(ab.psnr - x.psnr)
+        if gains:
+            lines.append(f"- {what}: {min(gains):+.1f} to {max(gains):+.1f} dB, mean {statistics.fmean(gains):+.1f} dB; "
+                         f"{winner} better at {sum(g > 0 for g in gains)} of {len(gains)} points.")
+    return lines
 
 
 def summarize(rows: list[SRow]) -> str:
     """Per model, setting and budget: defaults vs the best fewer-steps run and fair EasyCache, with the target."""
-    lines = summarize_axis(rows)
+    lines = summarize_ablations(rows)
     keys = list(dict.fromkeys((x.model, x.setting, x.budget) for x in rows))
     for model, setting, budget in keys:
         rs = [x for x in rows if (x.model, x.setting, x.budget) == (model, setting, budget)]
@@ -313,8 +359,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", action="store_true", help="the extrapolator study on the search noise")
     ap.add_argument("--placement", action="store_true", help="the placement study on the search noise")
+    ap.add_argument("--sampler-placement", action="store_true",
+                    help="placement by the sampler's sensitivity against the step lengths, search noise")
     ap.add_argument("--models", nargs="+", default=["flux", "sd15", "wan"])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--samplers", nargs="+", default=None,
+                    help="only the settings of these cached samplers (e.g. a re-run merged with --from-log)")
     ap.add_argument("--seeds", type=int, default=None,
                     help="noise samples per class (default: 2 for the study, 1 for the table)")
     ap.add_argument("--no-write", action="store_true")
@@ -323,7 +373,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.from_log:
         rows = [row for path in args.from_log for row in rows_from_text(Path(path).read_text())]
-        write(rows, args.study, seeds=None, placement=args.placement)
+        write(rows, args.study, seeds=None, placement=args.placement, sampler_placement=args.sampler_placement)
         return 0
     from devtools import runtime
 
@@ -335,11 +385,13 @@ def main(argv=None) -> int:
         args.seeds = 2 if args.study else 1
     rows = []
     for model in args.models:
-        rows += run_model(model, args.study, args.quick, args.seeds, args.placement)
+        rows += run_model(model, args.study, args.quick, args.seeds, args.placement, args.samplers,
+                          args.sampler_placement)
     print(fmt(rows))
-    print(summarize_placement(rows) if args.placement else summarize_study(rows) if args.study else summarize(rows))
+    print(summarize_sampler_placement(rows) if args.sampler_placement else summarize_placement(rows) if args.placement
+          else summarize_study(rows) if args.study else summarize(rows))
     if not args.no_write:
-        write(rows, args.study, args.seeds, args.placement)
+        write(rows, args.study, args.seeds, args.placement, args.sampler_placement)
     return 0
 
 
@@ -378,13 +430,39 @@ def summarize_placement(rows: list[SRow]) -> str:
                            next(n for n, p in PLACEMENTS.items() if abs(p - SPREAD_POWER) < 1e-12))
 
 
-PLACEMENT_WHY = (
+def summarize_sampler_placement(rows: list[SRow]) -> str:
+    """The step lengths' placement against the node's, per cached sampler."""
+    lines = []
+    for sampler in dict.fromkeys(x.setting.split()[0] for x in rows):
+        mine = [x for x in rows if x.setting.split()[0] == sampler]
+        text = summarize_study(mine, "placement: ", SAMPLER_PLACEMENTS, SAMPLER_PLACEMENTS[0]).splitlines()
+        lines.append(f"- {sampler}: {text[-1][2:]}" if len(text) > 1 else f"- {sampler}: no points")
+    return "\n".join(lines)
+
+
+PLACEMENT_SAMPLER_PLACEMENT_WHY = (
+    "Even mode spreads the computed steps by each step's sensitivity: how far an error in that step's model output "
+    "moves the sampler's result (docs/DESIGN.md, \"Placement\"). For euler that is the step's length in flow "
+    "time; multistep samplers carry a step's output into later steps with coefficients of their own, and the node "
+    "measures their sensitivity by running the sampler on a linear probe model (abcache_core/sensitivity.py). "
+    "Here the node's placement is compared with the step lengths' on the same settings, for multistep samplers "
+    "that call the model once per step; where the two pick the same steps the rows are the same run.")
+
+WHY = (
     "Which steps to compute for a given number of calls (first and last always, no warm-up), with the defaults' "
     "extrapolator (noise estimate, order 2, on flow time). Candidates spread the computed steps evenly in the "
     "measure (step length in flow time)^power: power 0 is evenly by step index (the placement before this study); 1/3 "
     "is what equidistributing an order-2 rule's error gives (docs/DESIGN.md, \"Placement\"). Flow schedules with "
     "shift (FLUX, Wan) have short first steps and long last ones, so a positive power moves computed steps "
     "toward the end.")
+
+SAMPLER_PLACEMENT_WHY = (
+    "Even mode spreads the computed steps by each step's sensitivity: how far an error in that step's model output "
+    "moves the sampler's result (docs/DESIGN.md, \"Placement\"). For euler that is the step's length in flow "
+    "time; multistep samplers carry a step's output into later steps with coefficients of their own, and the node "
+    "measures their sensitivity by running the sampler on a linear probe model (abcache_core/sensitivity.py). "
+    "Here the node's placement is compared with the step lengths' on the same settings, for multistep samplers "
+    "that call the model once per step; where the two pick the same steps the rows are the same run.")
 
 WHY = (
     "Why these defaults. Placement: computing the first and the last step and spreading the rest by the "
@@ -395,11 +473,16 @@ WHY = (
     "section compares the spread with evenly by step index (what it replaced) on the search noise. "
     "Extrapolator: the noise estimate recombined with the current latent (the \"steps-study\" section: level with "
     "the raw output on average over 30 search points, ahead on FLUX at cfg 3, behind at cfg 1 and on Wan). The "
-    "ablation rows below (same steps, raw output) give the noise estimate +0.5 to +3.6 dB on FLUX at cfg > 1 but "
+    "ablation rows below (same steps, raw output) give the noise estimate -0.9 to +3.6 dB on FLUX at cfg > 1 but "
     "-3.3 and -4.9 dB at cfg 1, -1.4 to +1.7 dB on Wan, and the same result on SD 1.5 (epsilon prediction: the "
     "output is the noise estimate). Axis: the weights are computed on flow time (sigma for flow models, "
     "sigma/(1+sigma) for SD 1.5); the \"lambda axis\" ablation rows give SD 1.5 the paper's VP axis on the same "
-    "steps (the \"Axis\" line below). The adaptive mode (Advanced node) is kept as an option: its tolerance "
+    "steps (the \"Axis\" line below). Placement by the sampler: the steps are spread by each step's measured "
+    "sensitivity (how far an error in its output moves the result; for euler the step length, for dpmpp_2m up to "
+    "3.4x it where a long log-sigma step follows: docs/DESIGN.md, \"Placement\"); the \"step-length placement\" "
+    "ablation rows run the step lengths' placement where it picks other steps (the \"Placement\" line below; heun "
+    "calls the model twice in a step and keeps the step lengths; the \"steps-sampler-placement\" section compares "
+    "more samplers on the search noise). The adaptive mode (Advanced node) is kept as an option: its tolerance "
     "does govern the calls (bisected to 16/50 calls it ends at 0.0017, inside its range), and at that budget it "
     "is below the spread placement on FLUX (54.1 dB with order 3 on the raw output, search noise, fidelity "
     "section, against 58.9 dB for the spread at one call more, 17, on the search noise, \"steps-placement\" "
@@ -407,21 +490,26 @@ WHY = (
     "the speed input does not.")
 
 
-def write(rows: list[SRow], study: bool, seeds, placement: bool = False) -> None:
-    """The extrapolator study's, the placement study's or the table's section of docs/BENCHMARKS.md."""
+def write(rows: list[SRow], study: bool, seeds, placement: bool = False, sampler_placement: bool = False) -> None:
+    """The extrapolator study's, a placement study's or the table's section of docs/BENCHMARKS.md."""
     from devtools import runtime
 
+    searched = study or placement or sampler_placement
     seeds = seeds if seeds is not None else (2 if study else 1)
-    section = "steps-placement" if placement else "steps-study" if study else "steps"
-    title = ("Placement study on the search noise (`python -m benchmarks.steps --placement`)" if placement else
+    section = ("steps-sampler-placement" if sampler_placement else "steps-placement" if placement else
+               "steps-study" if study else "steps")
+    title = ("Placement by the sampler's sensitivity, search noise (`python -m benchmarks.steps --sampler-placement`)"
+             if sampler_placement else
+             "Placement study on the search noise (`python -m benchmarks.steps --placement`)" if placement else
              "Extrapolator study on the search noise (`python -m benchmarks.steps --study`)" if study else
              "AB-Cache vs fewer steps at 20-50 steps, every trained model (`python -m benchmarks.steps`)")
-    noise = ("search noise (seed base 1000)" if study or placement else
+    noise = ("search noise (seed base 1000)" if searched else
              "held-out noise (seed base 7000, never used to choose)")
     head = (f"ComfyUI {runtime.comfyui_version()}, CPU. 10 classes x {seeds} samples per setting, {noise}. PSNR of "
             f"the decoded frames against the full run of the same sampler. Budgets are set by the node's `speed` "
             f"(2, 3, 4): 1/2, 1/3, 1/4 of the calls; every row of a budget costs at most the AB-Cache row's calls.")
-    summary = (PLACEMENT_WHY + "\n\n" + summarize_placement(rows) if placement else summarize_study(rows) if study
+    summary = (SAMPLER_PLACEMENT_WHY + "\n\n" + summarize_sampler_placement(rows) if sampler_placement else
+               PLACEMENT_WHY + "\n\n" + summarize_placement(rows) if placement else summarize_study(rows) if study
                else WHY + "\n\n" + summarize(rows))
     write_section(section, title, head + "\n\n" + summary + "\n\n" + fmt(rows))
 
