@@ -440,15 +440,7 @@ def summarize_sampler_placement(rows: list[SRow]) -> str:
     return "\n".join(lines)
 
 
-PLACEMENT_SAMPLER_PLACEMENT_WHY = (
-    "Even mode spreads the computed steps by each step's sensitivity: how far an error in that step's model output "
-    "moves the sampler's result (docs/DESIGN.md, \"Placement\"). For euler that is the step's length in flow "
-    "time; multistep samplers carry a step's output into later steps with coefficients of their own, and the node "
-    "measures their sensitivity by running the sampler on a linear probe model (abcache_core/sensitivity.py). "
-    "Here the node's placement is compared with the step lengths' on the same settings, for multistep samplers "
-    "that call the model once per step; where the two pick the same steps the rows are the same run.")
-
-WHY = (
+PLACEMENT_WHY = (
     "Which steps to compute for a given number of calls (first and last always, no warm-up), with the defaults' "
     "extrapolator (noise estimate, order 2, on flow time). Candidates spread the computed steps evenly in the "
     "measure (step length in flow time)^power: power 0 is evenly by step index (the placement before this study); 1/3 "
