@@ -162,7 +162,7 @@ class Runner:
 
         sigmas = self.sigmas(s)
         calls = calls_for_speed(len(sigmas) - 1, speed)
-        return (spread_steps(self.b.harness.placement_weights(sigmas, self.flow, s.sampler), calls)
+        return (spread_steps(self.b.harness.placement_weights(sigmas, self.flow, s.sampler, self.b.patcher), calls)
                 != spread_steps(step_lengths(flow_times(sigmas, self.flow)), calls))
 
     def simple(self, **inputs):

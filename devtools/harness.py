@@ -103,10 +103,10 @@ def abcache(nodes, model, **inputs):
     return apply_node(nodes.ABCacheNode if simple else nodes.ABCacheAdvancedNode, model, **inputs)
 
 
-def expected_calls(spy: Spy, settings, flow: bool = True, sampler: Optional[str] = None) -> int:
+def expected_calls(spy: Spy, settings, flow: bool = True, sampler: Optional[str] = None, patcher=None) -> int:
     """Real forward calls a fixed/paper/table/even plan asks for, given the calls an unpatched run made (``flow``:
-    whether the model is a flow model; ``sampler``: the sampler's name -- both place even mode's steps, by the
-    sampler's measured sensitivity where the node measures it, else by euler's step lengths)."""
+    whether the model is a flow model; ``sampler``: the sampler's name, and ``patcher`` the model -- they place even
+    mode's steps, by the sampler's measured sensitivity where the node measures it, else by euler's step lengths)."""
     import math
 
     from abcache_core import planned_compute, step_position
@@ -118,14 +118,14 @@ def expected_calls(spy: Spy, settings, flow: bool = True, sampler: Optional[str]
             n += 1
             continue
         n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1,
-                             placement_weights(sched, flow, sampler)) is not False
+                             placement_weights(sched, flow, sampler, patcher)) is not False
     return n
 
 
-def placement_weights(schedule, flow: bool, sampler: Optional[str] = None) -> tuple:
+def placement_weights(schedule, flow: bool, sampler: Optional[str] = None, patcher=None) -> tuple:
     """The weights even mode places its computed steps by on ``schedule``, as the node finds them: the
-    sensitivity of ComfyUI's ``sampler`` measured by the pack's scope.sampler_sensitivity, or (None, or not
-    measurable) the step lengths in flow time."""
+    sensitivity of ComfyUI's ``sampler`` on the model ``patcher`` measured by the pack's scope.sampler_sensitivity,
+    or (None, or not measurable) the step lengths in flow time."""
     import importlib
 
     import comfy.samplers
@@ -135,7 +135,7 @@ def placement_weights(schedule, flow: bool, sampler: Optional[str] = None) -> tu
 
     if sampler is not None:
         scope = importlib.import_module(load_nodes().__name__ + ".integration.scope")
-        measured = scope.sampler_sensitivity(comfy.samplers.sampler_object(sampler), list(schedule), flow)
+        measured = scope.sampler_sensitivity(comfy.samplers.sampler_object(sampler), list(schedule), flow, patcher)
         if measured is not None:
             return measured
     return step_lengths(flow_times(schedule, flow))

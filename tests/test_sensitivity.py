@@ -182,13 +182,14 @@ def test_comfyui_samplers_measured_or_refused(env, flow):
     import comfy.samplers
 
     scope = _scope(env)
+    patcher = env.case("flux_dev" if flow else "sd15").patcher     # some samplers read its model sampling
     if flow:
         sched = [3 * (1 - i / 20) / (1 + 2 * (1 - i / 20)) for i in range(21)]
     else:
         sched = [(14.6 ** (1 / 7) + i / 19 * (0.03 ** (1 / 7) - 14.6 ** (1 / 7))) ** 7 for i in range(20)] + [0.0]
     lengths = step_lengths(flow_times(sched, flow))
     state = torch.random.get_rng_state()
-    got = {name: scope.sampler_sensitivity(comfy.samplers.sampler_object(name), sched, flow)
+    got = {name: scope.sampler_sensitivity(comfy.samplers.sampler_object(name), sched, flow, patcher)
            for name in comfy.samplers.KSampler.SAMPLERS}
     assert torch.equal(torch.random.get_rng_state(), state)
     for name in ("euler", "ddim"):
@@ -228,7 +229,7 @@ def test_node_places_by_the_sampler_it_runs(env, family):
         placements[sampler] = sink.last["placement"]
         sched = spy.schedules[0]
     calls = calls_for_speed(steps, 2.0)
-    sens = _scope(env).sampler_sensitivity(comfy.samplers.sampler_object("dpmpp_2m"), sched, flow)
+    sens = _scope(env).sampler_sensitivity(comfy.samplers.sampler_object("dpmpp_2m"), sched, flow, case.patcher)
     assert ran["dpmpp_2m"] == sorted(spread_steps(sens, calls))
     assert ran["euler"] == sorted(spread_steps(step_lengths(flow_times(sched, flow)), calls)) != ran["dpmpp_2m"]
     assert placements == {"euler": "sampler", "dpmpp_2m": "sampler"}

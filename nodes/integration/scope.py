@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 import warnings
 from typing import Optional
 
@@ -161,7 +162,8 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     noise_injected = sampler_adds_noise(sampler)
     sensitivity = None
     if uses_placement(spec.settings) and not noise_injected:
-        sensitivity = sampler_sensitivity(sampler, schedule, is_flow(sampling_of(guider.model_patcher)))
+        sensitivity = sampler_sensitivity(sampler, schedule, is_flow(sampling_of(guider.model_patcher)),
+                                          guider.model_patcher)
     active = start(spec, guider.model_patcher, schedule, noise_injected, sensitivity)
     mo = comfy.model_patcher.create_model_options_clone(orig)
     to = mo["transformer_options"] = dict(mo.get("transformer_options", {}))
@@ -199,13 +201,14 @@ def sampler_adds_noise(sampler) -> bool:
     return not any(options.get(k) == 0 for k in NOISE_OFF_OPTIONS)
 
 
-def sampler_sensitivity(sampler, schedule: list, flow: bool) -> Optional[tuple]:
+def sampler_sensitivity(sampler, schedule: list, flow: bool, patcher=None) -> Optional[tuple]:
     """How much the result of ComfyUI's ``sampler`` moves per unit of error in each step's model output, measured
     by running its sampler function on the core's linear probe model over ``schedule`` (abcache_core/
     sensitivity.py: a latent of one value per step, no model runs; 10-100 ms at 50 steps). None where it cannot be
     measured -- no ``sampler_function`` (a custom Sampler class), a sampler that adds noise, or anything the
-    core's checks refuse -- and even mode then places by the step lengths, as for euler. The global random state
-    and the warnings a sampler may raise on such an input stay as they were."""
+    core's checks refuse -- and even mode then places by the step lengths, as for euler. ``patcher``: the model's
+    ModelPatcher, which some samplers read their model sampling from (:class:`_SamplerModel`). The global random
+    state and the warnings a sampler may raise on such an input stay as they were."""
     fn = getattr(sampler, "sampler_function", None)
     if not callable(fn) or sampler_adds_noise(sampler):
         return None
@@ -213,11 +216,27 @@ def sampler_sensitivity(sampler, schedule: list, flow: bool) -> Optional[tuple]:
     options = dict(options) if isinstance(options, dict) else {}
 
     def run(model, x, sigmas):
-        return fn(model, x, sigmas, extra_args={}, callback=None, disable=True, **options)
+        return fn(_SamplerModel(model, patcher), x, sigmas, extra_args={}, callback=None, disable=True, **options)
 
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return measure_sensitivity(run, schedule, flow)
+
+
+class _SamplerModel:
+    """The probe as a sampler function sees its model: ComfyUI hands it a denoiser whose ``inner_model`` is the
+    guider, and some samplers read the model sampling from there (res_multistep its noise scale through
+    ``inner_model.model_patcher``, the flow variants of the ancestral samplers ``inner_model.inner_model.
+    model_sampling``). Calls go to the probe; nothing else of the guider is offered."""
+
+    def __init__(self, probe, patcher):
+        self.probe = probe
+        sampling = sampling_of(patcher) if patcher is not None else None
+        self.inner_model = types.SimpleNamespace(model_patcher=patcher,
+                                                 inner_model=types.SimpleNamespace(model_sampling=sampling))
+
+    def __call__(self, x, sigma, *args, **kwargs):
+        return self.probe(x, sigma, *args, **kwargs)
 
 
 def dynamo_skip(fn):
