@@ -161,7 +161,7 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
     noise_injected = sampler_adds_noise(sampler)
     sensitivity = None
-    if uses_placement(spec.settings) and not noise_injected:
+    if uses_placement(spec.settings):       # (None for a sampler that adds noise: sampler_sensitivity's own rule)
         sensitivity = sampler_sensitivity(sampler, schedule, is_flow(sampling_of(guider.model_patcher)),
                                           guider.model_patcher)
     active = start(spec, guider.model_patcher, schedule, noise_injected, sensitivity)
