@@ -24,6 +24,7 @@ CACHE_DEVICES = ("same", "cpu")
 EXPOSURE_APPLY = ("extrapolated", "all")
 EXTRAPOLATORS = ("noise", "output", "noise_lsq")
 NOISE_INJECTED_SPACES = ("data", "noise")
+MULTI_CALL_PLANS = ("per_call", "per_step")
 EB_CACHE_DELTA = 0.965     # EB-Cache's published δ (DiT-XL/2, 50 DDPM steps, cfg 1.5)
 
 
@@ -142,6 +143,11 @@ _TABLE = (
         "extrapolator noise / noise_lsq under a sampler that adds fresh noise at every step (ancestral, SDE, LCM, "
         "DDPM): data = extrapolate the model's data estimate (x0) and recombine it with the current latent, "
         "which carries the injected noise; noise = the noise estimate, as for the other samplers.")),
+    Param("multi_call", "choice", "per_call", choices=MULTI_CALL_PLANS, tooltip=(
+        "mode even under a sampler that calls the model more than once in a step (heun, dpm_2, heunpp2): "
+        "per_call = every call of the first and the last step computed, elsewhere the call on the trajectory "
+        "computed at steps spread as usual and the other calls (heun's corrector, dpm_2's midpoint) extrapolated; "
+        "per_step = all calls of a step computed or all extrapolated (earlier versions).")),
     Param("max_amplification", "float", 8.0, min=1.0, tooltip=(
         "Guard: when the extrapolation weights amplify the history by more than this (sum |w|), a lower order "
         "is used.")),

@@ -67,6 +67,7 @@ class CacheSettings:
     long_gap: float = _field("long_gap")         # noise_lsq: reach (in steps) beyond which the line is fitted
     fit_points: int = _field("fit_points")       # computed steps the least-squares line goes through
     noise_injected_space: str = _field("noise_injected_space")  # data | noise: under noise-injecting samplers
+    multi_call: str = _field("multi_call")       # per_call | per_step: even mode under heun, dpm_2 (spread_calls)
 
     def resolved(self, flow: bool) -> "CacheSettings":
         """These settings with the coordinate made concrete (docs/DESIGN.md, "Extrapolation"): ``auto`` is sigma
@@ -286,11 +287,22 @@ def calls_for_speed(steps: int, speed: float) -> int:
 MIN_USEFUL_CALLS = 5
 
 
-def speed_problem(settings: CacheSettings, steps: int) -> Optional[str]:
+def speed_problem(settings: CacheSettings, steps: int, calls=None) -> Optional[str]:
     """Why the asked-for speed cannot beat simply sampling fewer steps (None when it can): even mode with fewer
-    than MIN_USEFUL_CALLS computed steps."""
+    than MIN_USEFUL_CALLS computed steps. ``calls``: the sampler's calls in each step (sensitivity.measure_calls);
+    where they are decided per call (:func:`per_call_stages`) the steps with a computed call count."""
     if settings.mode != "even" or steps <= 2:
         return None
+    stages = per_call_stages(settings, calls, steps)
+    if stages is not None:
+        total = sum(len(c) for c in stages)
+        plan = spread_calls(equal_weights(steps), stages, calls_for_speed(total, settings.speed))
+        computed = len({s for s, _ in plan})
+        if computed >= MIN_USEFUL_CALLS or computed >= steps:
+            return None
+        return (f"speed {settings.speed:g} at {steps} steps computes the model at {computed} of them: too few to "
+                f"extrapolate from, so this will not beat simply sampling fewer steps without AB-Cache. Lower the "
+                f"speed or use more steps.")
     calls = calls_for_speed(steps, settings.speed)
     if calls >= MIN_USEFUL_CALLS or calls >= steps:
         return None
@@ -363,6 +375,54 @@ def spread_steps(weights: tuple, calls: int, power: float = SPREAD_POWER) -> fro
     return frozenset(chosen)
 
 
+def multi_call(stages) -> bool:
+    """Whether ``stages`` (sensitivity.measure_calls: per step, one flag per model call) has a step with more than
+    one call -- a sampler such as heun or dpm_2, which even mode plans per call (:func:`spread_calls`)."""
+    return stages is not None and any(len(c) > 1 for c in stages)
+
+
+def per_call_stages(settings: CacheSettings, calls, steps: int) -> Optional[tuple]:
+    """``calls`` (sensitivity.measure_calls, one tuple of flags per step) as a tuple of tuples where ``settings``
+    decide per call -- mode even, ``multi_call`` per_call, a sampler with more than one call in a step, measured
+    over these ``steps`` -- else None (decided per step)."""
+    if not (uses_placement(settings) and settings.multi_call == "per_call" and multi_call(calls)
+            and len(calls) == steps):
+        return None
+    return tuple(tuple(bool(f) for f in c) for c in calls)
+
+
+@functools.lru_cache(maxsize=256)
+def spread_calls(weights: tuple, stages: tuple, calls: int, power: float = SPREAD_POWER) -> frozenset:
+    """Even mode's plan for a sampler that calls the model more than once in a step: the computed calls, as
+    (step, index of the call in that step) pairs, ``calls`` of them (at most).
+
+    ``stages``: per step, one flag per call in order, True for the call on the trajectory
+    (sensitivity.measure_calls). Every call of the first and of the last step is computed (the first and the last
+    step computed, as :func:`spread_steps` does); the other steps get their call on the trajectory computed, spread
+    by ``weights`` as :func:`spread_steps` spreads steps, and their stage calls (heun's corrector, dpm_2's
+    midpoint) extrapolated from the trajectory calls before them -- so twice as many steps are computed as when
+    each step's calls are decided together (docs/DESIGN.md, "Placement"). A budget beyond every call on the
+    trajectory computes the stage calls of steps spread the same way."""
+    n = len(stages)
+    every = [(s, c) for s in range(n) for c in range(len(stages[s]))]
+    if calls >= len(every) or n <= 2:
+        return frozenset(every)
+    ends = {0, n - 1}
+    plan = {(s, c) for s in ends for c in range(len(stages[s]))}
+    trajectory = {s: stages[s].index(True) for s in range(n)}
+    left = calls - len(plan)
+    inner = max(0, min(n - 2, left))
+    plan |= {(s, trajectory[s]) for s in spread_steps(weights, inner + 2, power)}
+    left -= inner
+    for m in range(min(n - 2, left), 0, -1):     # every trajectory call computed: stage calls of spread steps
+        extra = {(s, c) for s in spread_steps(weights, m + 2, power) - ends for c in range(len(stages[s]))
+                 if c != trajectory[s]}
+        if len(extra) <= left:
+            plan |= extra
+            break
+    return frozenset(plan)
+
+
 def extrapolation_rule(settings: CacheSettings, reach: float, noise_injected: bool = False) -> tuple[str, str]:
     """(space, fit) for a skipped call ``reach`` steps beyond the last computed one; ``noise_injected``: the
     sampler adds fresh noise at every step (ancestral, SDE, LCM, DDPM; decided by the ComfyUI layer).
@@ -415,6 +475,19 @@ def planned_compute(settings: CacheSettings, step: int, steps: int, weights: Opt
     if mode == "table":
         return _derive(parse_table_codes(settings.table), steps)[step] != "s"
     return None  # adaptive
+
+
+def planned_call(settings: CacheSettings, step: int, call: int, weights: tuple, stages: tuple) -> bool:
+    """Even mode's decision for the ``call``-th model call (from 0) of ``step`` of a multi-call sampler
+    (:func:`multi_call`): True to compute. Steps outside [start_percent, end_percent), and calls the plan does not
+    know (more calls in a step than measured), are computed."""
+    steps = len(stages)
+    if step < 0 or step >= steps or call >= len(stages[step]):
+        return True
+    if not (settings.start_percent <= step / steps < settings.end_percent):
+        return True
+    total = sum(len(c) for c in stages)
+    return (step, call) in spread_calls(tuple(weights), tuple(stages), calls_for_speed(total, settings.speed))
 
 
 def plan(settings: CacheSettings, steps: int, weights: Optional[tuple] = None) -> list[Optional[bool]]:

@@ -21,6 +21,11 @@ measured, placing such samplers by it lost 0.5 to 2.6 dB where it moved a step, 
 result does not measure the sensitivity: added noise, a step-size controller, norms across channels, a call off
 the schedule.
 
+Samplers that call the model more than once in a step are not placed by a sensitivity; :func:`measure_calls`
+records instead which calls each step gets (heun: the corrector of the step before, then the call on the
+trajectory; dpm_2: the call on the trajectory, then its midpoint), for the per-call plan of even mode
+(policy.spread_calls).
+
 Pure torch; never imports ComfyUI.
 """
 from __future__ import annotations
@@ -121,3 +126,44 @@ def _probe_result(run_sampler: SamplerRun, schedule: list, flow: bool, scale: fl
     if not flow:
         out = out / (1.0 + schedule[-1])        # x_flow = x / (1 + sigma) at the schedule's end
     return out if bool(torch.isfinite(out).all()) else None
+
+
+class CallLog(VelocityProbe):
+    """The probe of :func:`measure_calls`: answers every call (a step may be called more than once) and logs, in
+    order, the step of each call and whether its sigma is the step's own schedule point."""
+
+    def __init__(self, schedule: Sequence[float], flow: bool):
+        super().__init__(schedule, flow)
+        self.log: list[tuple[int, bool]] = []
+
+    def __call__(self, x: torch.Tensor, sigma, *args, **kwargs) -> torch.Tensor:
+        value = float(torch.as_tensor(sigma).flatten()[0])
+        j = self.step_of(value)
+        pos = step_position(self.schedule, value)
+        self.log.append((j, abs(pos - j) < 1e-6))
+        self.called.clear()
+        return super().__call__(x, sigma, *args, **kwargs)
+
+
+def measure_calls(run_sampler: SamplerRun, schedule: Sequence[float], flow: bool) -> Optional[tuple]:
+    """The sampler's model calls in each step, in order: a tuple per step of the schedule with one flag per call,
+    True for the step's call *on the trajectory* -- the last call at the step's own sigma, whose input is the
+    sampler's latent -- and False for a stage call (heun's corrector of the step before, at this step's sigma;
+    dpm_2's midpoint). Measured by running the sampler on :class:`CallLog` (same arguments as
+    :func:`measure_sensitivity`). None where the calls cannot be mapped onto steps: the sampler raised, called
+    the model off the schedule, left a step out, or a step has no call at its own sigma."""
+    schedule = [float(s) for s in schedule]
+    if len(schedule) < 2:
+        return None
+    steps = len(schedule) - 1
+    probe = CallLog(schedule, flow)
+    x = torch.zeros((1, steps, 1, 1), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            run_sampler(probe, x, torch.tensor(schedule, dtype=torch.float64))
+    except Exception:       # ProbeAbort (a call off the schedule) or a sampler we cannot see into
+        return None
+    calls = [[at_point for j, at_point in probe.log if j == step] for step in range(steps)]
+    if any(True not in c for c in calls):
+        return None
+    return tuple(tuple(i == len(c) - 1 - c[::-1].index(True) for i in range(len(c))) for c in calls)

@@ -30,8 +30,8 @@ from typing import Any, Hashable, Iterable, Mapping, NamedTuple, Optional, Seque
 
 import torch
 
-from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, flow_time, flow_times, planned_compute,
-                     schedule_problem, step_lengths, step_position)
+from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, flow_time, flow_times, per_call_stages,
+                     planned_call, planned_compute, schedule_problem, step_lengths, step_position)
 from .spaces import NoiseMap
 from .weights import amplification, lagrange_weights, least_squares_weights, paper_weights
 
@@ -100,10 +100,13 @@ class CacheRun:
     ``flow`` says whether the model is a flow model (decides coordinate ``auto``); ``noise_injected`` whether
     the sampler adds fresh noise at every step (the extrapolation space: policy.extrapolation_rule);
     ``sensitivity`` the sampler's sensitivity to each of the n steps (abcache_core/sensitivity.py), which places
-    even mode's computed steps (None, or not n values: the step lengths in flow time, euler's)."""
+    even mode's computed steps (None, or not n values: the step lengths in flow time, euler's); ``calls`` the
+    sampler's model calls in each step (abcache_core/sensitivity.measure_calls): where a step has more than one
+    (heun, dpm_2), even mode decides per call (policy.spread_calls), else per step."""
 
     def __init__(self, settings: CacheSettings, schedule: Sequence[float], flow: bool = True,
-                 noise_injected: bool = False, sensitivity: Optional[Sequence[float]] = None):
+                 noise_injected: bool = False, sensitivity: Optional[Sequence[float]] = None,
+                 calls: Optional[Sequence[Sequence[bool]]] = None):
         self.settings = settings.resolved(flow).validate()
         self.noise_injected = bool(noise_injected)
         # the space the history's estimates are kept in (the same for every step of the run)
@@ -114,6 +117,11 @@ class CacheRun:
         # places even mode's computed steps: the sampler's sensitivity to each step, else its length in flow time
         self.weights = tuple(float(w) for w in sensitivity) if measured else step_lengths(flow_times(self.schedule, flow))
         self.placement = "sampler" if measured else "step lengths"
+        # even mode with a multi-call sampler: the calls of each step (one flag per call, True on the trajectory)
+        self.stages: Optional[tuple] = per_call_stages(self.settings, calls, self.steps)
+        if self.stages is not None:
+            self.placement += ", per call"
+        self._calls: dict = {}                  # (step, key) -> calls made so far (multi-call samplers)
         self.unsupported: Optional[str] = schedule_problem(self.schedule)   # set: nothing is cached
         self.records: list[CallRecord] = []
         self._hist: dict[Hashable, deque] = {}
@@ -160,6 +168,7 @@ class CacheRun:
         sigma, keys = float(sigma), list(keys)
         with self._lock:
             pos, level, reason = self._must_compute(sigma, keys, call_time)
+            self._count_call(pos, keys)
             if reason:
                 return self._computed(pos, sigma, reason, level)
             target = self.coordinate(sigma)
@@ -199,8 +208,16 @@ class CacheRun:
         if pos is None or not (sigma > 0) or not keys:
             return pos, None, "off-schedule"
         level = round(sigma, 12)
+        step = int(math.floor(pos + 1e-6))
+        if self.stages is not None:
+            # decided per call: the n-th call of a step (heun's corrector, then its call on the trajectory)
+            call = self._call_index(step, keys)
+            level = (level, call)
+            planned = planned_call(self.settings, step, call, self.weights, self.stages)
+        else:
+            planned = planned_compute(self.settings, step, self.steps, self.weights) is True
         prior = self._decided.get(level)
-        if planned_compute(self.settings, int(math.floor(pos + 1e-6)), self.steps, self.weights) is True:
+        if planned:
             return pos, level, "planned"
         if prior is True:
             return pos, level, "same sigma computed"
@@ -212,6 +229,19 @@ class CacheRun:
         if call_time and prior is None and min(len(h) for h in hists) < 2:
             return pos, level, "warming history"
         return pos, level, ""
+
+    def _call_index(self, step: int, keys: list) -> int:
+        """How many calls of ``step`` came before this one: the most any of its keys has seen (a key that a
+        memory split or a guidance pass leaves out of one call still counts the calls it was in)."""
+        return max(self._calls.get((step, k), 0) for k in keys)
+
+    def _count_call(self, pos, keys: list) -> None:
+        if self.stages is None or pos is None or not keys:
+            return
+        step = int(math.floor(pos + 1e-6))
+        index = self._call_index(step, keys) + 1
+        for k in keys:
+            self._calls[(step, k)] = index
 
     @staticmethod
     def _here(pos, sigma, inputs, space):
@@ -467,6 +497,7 @@ class CacheRun:
         with self._lock:
             self._hist.clear()
             self._decided.clear()
+            self._calls.clear()
 
     # ------------------------------------------------------------------ telemetry
     def summary(self) -> dict[str, Any]:

@@ -123,10 +123,10 @@ class Runner:
 
     def advanced(self, speed: float, **inputs):
         """AB-Cache in even mode at ``speed`` with ``inputs``: through the Advanced node, or -- for core-only
-        settings (long_gap, fit_points, noise_injected_space) -- through the same attach function with
+        settings (long_gap, fit_points, noise_injected_space, multi_call) -- through the same attach function with
         CacheSettings."""
         inputs = {"mode": "even", "speed": speed, **inputs}
-        if set(inputs) & {"long_gap", "fit_points", "noise_injected_space"}:
+        if set(inputs) & {"long_gap", "fit_points", "noise_injected_space", "multi_call"}:
             import importlib
 
             from abcache_core import CacheSettings
@@ -164,6 +164,13 @@ class Runner:
         calls = calls_for_speed(len(sigmas) - 1, speed)
         return (spread_steps(self.b.harness.placement_weights(sigmas, self.flow, s.sampler, self.b.patcher), calls)
                 != spread_steps(step_lengths(flow_times(sigmas, self.flow)), calls))
+
+    def multi_call(self, s: Setting) -> bool:
+        """Whether this setting's sampler calls the model more than once in a step (heun): the node decides it per
+        call (policy.spread_calls)."""
+        from abcache_core.policy import multi_call
+
+        return multi_call(self.b.harness.sampler_calls(self.sigmas(s), self.flow, s.sampler, self.b.patcher))
 
     def simple(self, **inputs):
         return self.b.harness.apply_node(self.b.nodes.ABCacheNode, self.b.patcher, **inputs)
@@ -261,6 +268,9 @@ def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool 
             if r.placed_by_sampler(s, speed):   # the sampler's sensitivity moved steps: the step lengths' placement
                 imgs, c = r.sample(r.placed(s, speed, SPREAD_POWER), s)
                 add(budget, "even, step-length placement (ablation)", imgs, c)
+            if r.multi_call(s):   # heun: per call (the defaults) against all of a step's calls together
+                imgs, c = r.sample(r.advanced(speed, multi_call="per_step"), s)
+                add(budget, "even, per-step decisions (ablation)", imgs, c)
             if not r.flow:      # VP: the defaults' axis (flow time) against lambda, the paper's modes' axis
                 imgs, c = r.sample(r.advanced(speed, coordinate="lambda"), s)
                 add(budget, "even, lambda axis (ablation)", imgs, c)
@@ -308,6 +318,8 @@ ABLATION_LINES = (
     ("even, lambda axis (ablation)", "Axis: flow time against lambda on the same steps (SD 1.5)", "flow time"),
     ("even, step-length placement (ablation)", "Placement: by the sampler's measured sensitivity against by the step "
      "lengths, where the two pick other steps", "the sensitivity"),
+    ("even, per-step decisions (ablation)", "Heun: deciding each model call (the corrector extrapolated, the first and "
+     "last step's calls computed) against deciding a step's two calls together", "per call"),
 )
 
 

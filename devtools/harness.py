@@ -106,20 +106,45 @@ def abcache(nodes, model, **inputs):
 def expected_calls(spy: Spy, settings, flow: bool = True, sampler: Optional[str] = None, patcher=None) -> int:
     """Real forward calls a fixed/paper/table/even plan asks for, given the calls an unpatched run made (``flow``:
     whether the model is a flow model; ``sampler``: the sampler's name, and ``patcher`` the model -- they place even
-    mode's steps, by the sampler's measured sensitivity where the node measures it, else by euler's step lengths)."""
+    mode's steps, by the sampler's measured sensitivity where the node measures it, else by euler's step lengths,
+    and for a sampler that calls the model more than once in a step decide even mode per call: one forward per
+    sampler call, as the tiny models run cond and uncond in one batch)."""
     import math
 
     from abcache_core import planned_compute, step_position
+    from abcache_core.policy import multi_call, planned_call, uses_placement
 
-    n = 0
+    n, seen = 0, {}
     for sigma, sched in zip(spy.sigmas, spy.schedules):
         pos = step_position(sched, sigma)
         if pos is None or sigma <= 0:
             n += 1
             continue
-        n += planned_compute(settings, int(math.floor(pos + 1e-6)), len(sched) - 1,
-                             placement_weights(sched, flow, sampler, patcher)) is not False
+        step = int(math.floor(pos + 1e-6))
+        weights = placement_weights(sched, flow, sampler, patcher)
+        stages = sampler_calls(sched, flow, sampler, patcher) if uses_placement(settings) else None
+        if multi_call(stages):
+            call = seen.get((tuple(sched), step), 0)
+            seen[(tuple(sched), step)] = call + 1
+            n += planned_call(settings, step, call, weights, stages)
+            continue
+        n += planned_compute(settings, step, len(sched) - 1, weights) is not False
     return n
+
+
+def sampler_calls(schedule, flow: bool, sampler: Optional[str] = None, patcher=None) -> Optional[tuple]:
+    """The model calls of ComfyUI's ``sampler`` in each step of ``schedule`` as the node finds them
+    (the pack's scope.sampler_calls); None without a sampler."""
+    import importlib
+
+    import comfy.samplers
+
+    from devtools.pack import load_nodes
+
+    if sampler is None:
+        return None
+    scope = importlib.import_module(load_nodes().__name__ + ".integration.scope")
+    return scope.sampler_calls(comfy.samplers.sampler_object(sampler), list(schedule), flow, patcher)
 
 
 def placement_weights(schedule, flow: bool, sampler: Optional[str] = None, patcher=None) -> tuple:

@@ -171,9 +171,48 @@ def test_controlnet(env):
     assert torch.equal(off, ref) and spy_off.calls == spy_ref.calls and cn_off == cn_ref
 
 
-def _control_kept(env, model):
-    """AB-Cache between two test CALC_COND_BATCH wrappers that give the conds their 'control' back: control
-    is evaluated on every step, as before AB-Cache skipped it (the reference for the image)."""
+def test_controlnet_heun_per_call(env, caplog):
+    """heun at speed 3 decides per call: at a computed step the corrector (extrapolated, control not computed) and
+    the call on the trajectory (computed) share a noise level. The control model runs on exactly the computed
+    calls, no call is computed without its control (no warning), and the image is the one of a run that evaluated
+    control on every call."""
+    import logging
+
+    import nodes as comfy_nodes
+
+    case = env.case("sd15")
+    cnet, control = _tiny_controlnet(env, case)
+    calls = []
+    handle = cnet.register_forward_hook(lambda *a: calls.append(1))
+    speed3 = lambda m: env.harness.apply_node(env.nodes.ABCacheNode, m, speed=3.0)   # noqa: E731
+    try:
+        _, _, h, w = case.latent.shape
+        hint = torch.rand((1, h * 8, w * 8, 3), generator=torch.Generator().manual_seed(3))
+        pos, neg = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+            case.positive(1), case.negative(2), control, hint, 1.0, 0.0, 1.0)
+
+        def go(model):
+            calls.clear()
+            out, spy = _run(env, case, model, positive=pos, negative=neg, sampler="heun", steps=12)
+            return out, spy, len(calls)
+
+        with caplog.at_level(logging.WARNING):
+            on, spy_on, cn_on = go(speed3(case.patcher))
+        today, spy_today, cn_today = go(_control_kept(env, case.patcher, speed3))
+    finally:
+        handle.remove()
+    from abcache_core.policy import calls_for_speed
+
+    assert spy_on.calls == calls_for_speed(2 * 12 - 1, 3.0) == cn_on
+    assert not any("its control was not computed" in r.getMessage() for r in caplog.records)
+    assert cn_today == 2 * 12 - 1 and spy_today.calls == spy_on.calls
+    assert torch.equal(on, today) and _finite(on)
+
+
+def _control_kept(env, model, attach=None):
+    """AB-Cache (``attach``, default the fixed test schedule) between two test CALC_COND_BATCH wrappers that give
+    the conds their 'control' back: control is evaluated on every step, as before AB-Cache skipped it (the
+    reference for the image)."""
     wp = env.comfy.patcher_extension.WrappersMP
     seen = []
 
@@ -192,7 +231,7 @@ def _control_kept(env, model):
 
     m = model.clone()
     m.add_wrapper_with_key(wp.CALC_COND_BATCH, "abcache_test_outer", outer)
-    m = _abcache(env, m)
+    m = (attach or (lambda x: _abcache(env, x)))(m)
     m.add_wrapper_with_key(wp.CALC_COND_BATCH, "abcache_test_inner", inner)
     return m
 

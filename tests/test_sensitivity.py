@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abcache_core import CacheRun, CacheSettings
-from abcache_core.policy import calls_for_speed, flow_times, spread_steps, step_lengths
-from abcache_core.sensitivity import VelocityProbe, measure_sensitivity
+from abcache_core.policy import calls_for_speed, flow_times, spread_calls, spread_steps, step_lengths
+from abcache_core.sensitivity import VelocityProbe, measure_calls, measure_sensitivity
 
 finite = dict(allow_nan=False, allow_infinity=False)
 
@@ -167,6 +167,101 @@ def test_cache_run_places_by_the_sensitivity_it_is_given():
     assert computed(plain) == sorted(spread_steps(step_lengths(sched), calls)) != sorted(spread_steps(sens, calls))
 
 
+def _midpoint(model, x, sigmas):
+    """DPM-2: the call on the trajectory, then one at the step's log-midpoint; euler into sigma 0."""
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        d = (x - model(x, sigmas[i] * s_in)) / sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * (sigmas[i + 1] - sigmas[i])
+            continue
+        mid = (sigmas[i] * sigmas[i + 1]).sqrt()
+        x2 = x + d * (mid - sigmas[i])
+        x = x + (x2 - model(x2, mid * s_in)) / mid * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def test_measure_calls_maps_each_call_to_its_step():
+    """heun: the first step has one call, every later step the corrector of the step before (at its sigma) and
+    then its own call on the trajectory; dpm_2: the call on the trajectory, then the midpoint, the last step (into
+    sigma 0) one call; euler one call a step. Calls off the schedule or a sampler that raises: None."""
+    sched = [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert measure_calls(_two_calls_a_step, sched, True) == ((True,), (False, True), (False, True), (False, True))
+    assert measure_calls(_midpoint, sched, True) == ((True, False), (True, False), (True, False), (True,))
+    assert measure_calls(euler, [14.6, 3.0, 0.4, 0.0], False) == ((True,),) * 3
+    for sampler in (_off_schedule, _raises, _skips_a_step):
+        assert measure_calls(sampler, sched, True) is None, sampler.__name__
+
+
+def _stages(draw_counts):
+    """Per step, a sampler's calls with one on the trajectory (heun-like: last; dpm_2-like: first)."""
+    return tuple(tuple(i == (n - 1 if kind else 0) for i in range(n)) for n, kind in draw_counts)
+
+
+@settings(max_examples=80, deadline=None)
+@given(counts=st.lists(st.tuples(st.integers(1, 3), st.booleans()), min_size=1, max_size=30),
+       weights=st.lists(st.floats(0.001, 1.0, **finite), min_size=30, max_size=30), data=st.data())
+def test_spread_calls_plan(counts, weights, data):
+    """spread_calls: every call of the first and the last step; a call on the trajectory wherever a step has
+    a computed call; exactly ``calls`` calls while the budget lies between the two end steps' calls and every
+    call on the trajectory, at most ``calls`` beyond; every call at a budget of all calls; and for a sampler with
+    one call a step exactly spread_steps."""
+    stages = _stages(counts)
+    n, w = len(stages), tuple(weights[:len(stages)])
+    total = sum(len(c) for c in stages)
+    calls = data.draw(st.integers(2, total + 2))
+    plan = spread_calls(w, stages, calls)
+    if n <= 2 or calls >= total:
+        assert len(plan) == total
+        return
+    ends = sum(len(stages[s]) for s in {0, n - 1})
+    assert {(s, c) for s in (0, n - 1) for c in range(len(stages[s]))} <= plan
+    assert all((s, stages[s].index(True)) in plan for s, _ in plan)
+    if ends <= calls <= ends + n - 2:
+        assert len(plan) == calls
+    assert len(plan) <= max(calls, ends)
+    single = tuple((True,) for _ in stages)
+    assert spread_calls(w, single, calls) == {(s, 0) for s in spread_steps(w, calls)}
+
+
+def _heun_calls(sched):
+    """heun's model calls over ``sched``: (sigma, step, index of the call in its step)."""
+    out, seen = [], {}
+    for i in range(len(sched) - 1):
+        for s, step in ((sched[i], i),) + (((sched[i + 1], i + 1),) if sched[i + 1] > 0 else ()):
+            out.append((s, step, seen.get(step, 0)))
+            seen[step] = seen.get(step, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("speed", [1.0, 2.0, 3.0])
+def test_cache_run_decides_a_multi_call_sampler_per_call(speed):
+    """CacheRun with heun's calls: exactly the calls spread_calls plans are computed (the budget of
+    calls_for_speed over all 39 calls), each key counts its own calls (the uncond of a split batch runs in a call
+    of its own), speed 1 computes every call; without ``calls``, or with multi_call per_step, per step as before."""
+    sched = [1.0 - i / 20 for i in range(20)] + [0.0]
+    stages = ((True,),) + ((False, True),) * 19
+    settings_ = CacheSettings(mode="even", speed=speed)
+    run = CacheRun(settings_, sched, flow=True, calls=stages)
+    assert run.placement == "step lengths, per call"
+    plan = spread_calls(step_lengths(sched), stages, calls_for_speed(39, speed))
+    got = set()
+    for sigma, step, call in _heun_calls(sched):
+        computed = False
+        for keys in (["c"], ["u"]) if step % 2 else (["c", "u"],):
+            d = run.decide(sigma, keys, inputs={k: torch.full((2,), sigma) for k in keys}, space=None)
+            assert d.skip == ((step, call) not in plan), (step, call, keys)
+            if not d.skip:
+                run.record(sigma, {k: torch.full((2,), sigma + call) for k in keys})
+                computed = True
+        if computed:
+            got.add((step, call))
+    assert got == plan and len(got) == calls_for_speed(39, speed)
+    assert CacheRun(settings_, sched, flow=True).stages is None
+    per_step = CacheRun(CacheSettings(mode="even", speed=speed, multi_call="per_step"), sched, flow=True, calls=stages)
+    assert per_step.placement == "step lengths" and per_step.stages is None
+
+
 # ------------------------------------------------------------------------------ ComfyUI's own samplers
 def _scope(env):
     return sys.modules[env.nodes.__name__ + ".integration.scope"]
@@ -235,3 +330,76 @@ def test_node_places_by_the_sampler_it_runs(env, family):
     assert placements == {"euler": "sampler", "dpmpp_2m": "sampler"}
     out, spy = env.harness.run_spied(case, model, steps=steps, sampler="euler_ancestral", scheduler="normal")
     assert sink.last["placement"] == "step lengths" and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_comfyui_sampler_calls(env, flow):
+    """scope.sampler_calls on ComfyUI's samplers: heun calls the corrector of the step before and then its own
+    call on the trajectory (one call in the first step), dpm_2 the call on the trajectory then the midpoint (one
+    call in the last step, into sigma 0), heunpp2 more than one call in a step; euler one call a step; samplers
+    that add noise or control their own steps are not measured."""
+    import comfy.samplers
+
+    scope = _scope(env)
+    patcher = env.case("flux_dev" if flow else "sd15").patcher
+    sched = [1.0 - i / 12 for i in range(12)] + [0.0] if flow else [14.6 * 0.6 ** i for i in range(12)] + [0.0]
+    got = {name: scope.sampler_calls(comfy.samplers.sampler_object(name), sched, flow, patcher)
+           for name in ("heun", "dpm_2", "heunpp2", "euler", "euler_ancestral", "dpmpp_sde", "dpm_adaptive")}
+    assert got["heun"] == ((True,),) + ((False, True),) * 11
+    assert got["dpm_2"] == ((True, False),) * 11 + ((True,),)
+    assert got["heunpp2"] is not None and any(len(c) > 1 for c in got["heunpp2"])
+    assert got["euler"] == ((True,),) * 12
+    assert got["euler_ancestral"] is None and got["dpmpp_sde"] is None and got["dpm_adaptive"] is None
+
+
+@pytest.mark.parametrize("sampler", ["heun", "dpm_2"])
+@pytest.mark.parametrize("family", ["flux_dev", "sd15"])
+def test_node_decides_multi_call_samplers_per_call(env, family, sampler):
+    """The simple node at speed 2 and 3 under heun and dpm_2: the real forward runs exactly the calls
+    spread_calls plans over the sampler's calls (calls_for_speed of all its calls; every call of the first and
+    the last step, elsewhere the call on the trajectory), the report says 'per call', outputs are finite and the
+    inputs untouched; speed 1 stays bit-identical."""
+    import comfy.model_sampling
+    import comfy.samplers
+
+    from abcache_core import step_position
+
+    case = env.case(family)
+    steps = 12
+    flow = isinstance(case.patcher.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    ref, spy_ref = env.harness.run_spied(case, case.patcher, steps=steps, sampler=sampler, scheduler="normal")
+    same, _ = env.harness.run_spied(case, env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=1.0),
+                                    steps=steps, sampler=sampler, scheduler="normal")
+    assert torch.equal(ref, same)
+    sched = spy_ref.schedules[0]
+    stages = _scope(env).sampler_calls(comfy.samplers.sampler_object(sampler), sched, flow, case.patcher)
+    total = sum(len(c) for c in stages)
+    assert spy_ref.calls == total
+    index = []
+    for s in spy_ref.sigmas:                  # (step, call in step) of each call of the full run
+        step = int(math.floor(step_position(sched, s) + 1e-6))
+        index.append((step, sum(1 for i in index if i[0] == step)))
+    for speed in (2.0, 3.0):
+        model = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=speed)
+        out, spy = env.harness.run_spied(case, model, steps=steps, sampler=sampler, scheduler="normal")
+        plan = spread_calls(step_lengths(flow_times(sched, flow)), stages, calls_for_speed(total, speed))
+        ran = [i for i in index if i in plan]
+        assert spy.calls == len(plan) == calls_for_speed(total, speed)
+        assert spy.sigmas == [spy_ref.sigmas[index.index(i)] for i in ran]
+        assert model.model_options["ab_cache"].sink.last["placement"] == "step lengths, per call"
+        assert torch.isfinite(out).all() and spy.inputs_intact
+
+
+def test_speed_problem_counts_steps_with_a_computed_call():
+    """heun decided per call: at 12 steps and speed 3 its 8 of 23 calls reach 7 steps (no warning, where the steps
+    alone would leave 4); at 8 steps 5 of 15 calls reach 4 steps, too few; per step (multi_call per_step) the
+    warning counts steps as before."""
+    from abcache_core.policy import speed_problem
+
+    heun = lambda n: ((True,),) + ((False, True),) * (n - 1)     # noqa: E731
+    even = CacheSettings(mode="even", speed=3.0)
+    assert speed_problem(even, 12, heun(12)) is None
+    assert "leaves 4 model calls" in speed_problem(even, 12)
+    assert "computes the model at 4 of them" in speed_problem(even, 8, heun(8))
+    per_step = CacheSettings(mode="even", speed=3.0, multi_call="per_step")
+    assert "leaves 4 model calls" in speed_problem(per_step, 12, heun(12))

@@ -111,15 +111,17 @@ def test_noise_adding_samplers_over_http(server):
 
 def test_placement_by_the_sampler_over_http(server):
     """KSampler with dpmpp_2m (one call per step): the node places its 4 of 12 calls by the sampler's measured
-    sensitivity, and its log line says so; with heun (two calls in a step) by the step lengths."""
-    for sampler, placement in (("dpmpp_2m", "sampler"), ("heun", "step lengths")):
+    sensitivity, and its log line says so; heun (two calls in a step) is placed by the step lengths and decided per
+    call: 8 of its 23 calls, and no warning of too few calls (7 of its 12 steps have a computed call)."""
+    for sampler, placement in (("dpmpp_2m", "sampler"), ("heun", "step lengths, per call")):
         g = graph({"order": 2, "interval": 4, "warmup": 3, "speed": 3.0}, prefix=f"placed_{sampler}")
         g["7"]["inputs"].update(sampler_name=sampler, scheduler="karras")
         before = len(server.log_text())
         server.run(g)
         log = server.log_text()[before:]
         assert re.findall(rf"AB-Cache: computed \d+/\d+ model calls.*placed by {placement}\]", log), log[-2000:]
-        assert _calls(log)[-1] == (4 if sampler == "dpmpp_2m" else 7)
+        assert _calls(log)[-1] == (4 if sampler == "dpmpp_2m" else 8)
+        assert ("too few to extrapolate" in log) == (sampler == "dpmpp_2m")
 
 
 def test_interrupt_over_http_then_next_run_is_clean(server):

@@ -131,7 +131,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                                 RUN_WRAPPERS)
 
 
-def _start(spec: BlockCacheSpec, patcher, schedule, noise_injected: bool = False, sensitivity=None) -> BlockRun:
+def _start(spec: BlockCacheSpec, patcher, schedule, noise_injected: bool = False, sensitivity=None,
+           calls=None) -> BlockRun:
+    # ``calls`` (a multi-call sampler's calls per step) is not used: the block cache decides per step
     # noise_injected is not used: the block cache extrapolates residuals, not the model's noise estimate
     sampling = scope.sampling_of(patcher)
     n_double, _ = block_counts(patcher.model.diffusion_model)

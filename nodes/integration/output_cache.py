@@ -58,9 +58,10 @@ class ActiveRun:
     """Per-sampling-call state shared by the wrappers of one run."""
 
     def __init__(self, spec: CacheSpec, schedule, level: str, flow: bool, model_space=None,
-                 noise_injected: bool = False, sensitivity=None):
+                 noise_injected: bool = False, sensitivity=None, calls=None):
         self.spec = spec
-        self.run = CacheRun(spec.settings, schedule, flow=flow, noise_injected=noise_injected, sensitivity=sensitivity)
+        self.run = CacheRun(spec.settings, schedule, flow=flow, noise_injected=noise_injected, sensitivity=sensitivity,
+                            calls=calls)
         self.level = level                     # "diffusion_model" or "apply_model"
         self.flow = flow                       # CONST (flow) model sampling: the exposure rescale's space
         # noise maps (abcache_core/spaces.py) of what each level caches: the model's raw output, d = (x - D)/sigma
@@ -71,7 +72,7 @@ class ActiveRun:
         self.parts: dict = {}                  # uuid -> number of output parts (LTX-2: [video, audio])
         self.channels: dict = {}               # key -> output channels (the latent part of a concatenated input)
         self.pass_scope = None                 # passes.PassScope of the current sampler evaluation
-        self.uncontrolled: set = set()         # noise levels passed on without control (certain skips)
+        self.uncontrolled: set = set()         # noise levels of the calls now running without control
 
     def __deepcopy__(self, memo):
         return self
@@ -91,12 +92,13 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     return scope.sampling_scope(executor, args, kwargs, KEY, CacheSpec, others, _start, _finish, NAME, RUN_WRAPPERS)
 
 
-def _start(spec: CacheSpec, patcher, schedule, noise_injected: bool = False, sensitivity=None) -> ActiveRun:
+def _start(spec: CacheSpec, patcher, schedule, noise_injected: bool = False, sensitivity=None,
+           calls=None) -> ActiveRun:
     model, sampling = patcher.model, scope.sampling_of(patcher)
     level = "diffusion_model" if scope.has_diffusion_model_hook(model.diffusion_model) else "apply_model"
     active = ActiveRun(spec, schedule, level, scope.is_flow(sampling), scope.noise_map_of(sampling), noise_injected,
-                       sensitivity)
-    scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1)
+                       sensitivity, calls)
+    scope.warn_if_nothing_to_skip(NAME, spec.settings, len(schedule) - 1, calls)
     scope.warn_if_unsupported_schedule(NAME, active.run)
     return active
 
@@ -132,12 +134,22 @@ def calc_cond_batch_wrapper(active: ActiveRun, executor, *args, **kwargs):
     conds, x_in, timestep, mo = calc_cond_batch_args(args, kwargs)
     to = mo.get("transformer_options", {}) if isinstance(mo, dict) else {}
     new = tag_passes(active, conds, to)
+    level = None
     if _controlled(new) and _certain_skip(active, new, x_in, timestep, to):
         new = [group if not group else [{k: v for k, v in c.items() if k != "control"} for c in group]
                for group in new]
+        level = round(float(timestep.flatten()[0]), 12)
     if new is not conds:
         args, kwargs = replace_arg(args, kwargs, 1, "conds", new)
-    return executor(*args, **kwargs)
+    if level is None:
+        return executor(*args, **kwargs)
+    with active.lock:
+        active.uncontrolled.add(level)
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        with active.lock:
+            active.uncontrolled.discard(level)
 
 
 def _controlled(conds) -> bool:
@@ -172,11 +184,7 @@ def _certain_skip(active: ActiveRun, conds, x_in, timestep, to: dict) -> bool:
                 if c.get("uuid") is None or sig is None or sig[0] != tuple(x_in.shape) or sig[2] != nparts:
                     return False
                 keys += [ck + (p,) for p in range(nparts)]
-    if not keys or not active.run.would_skip(sigma, keys):
-        return False
-    with active.lock:
-        active.uncontrolled.add(round(sigma, 12))
-    return True
+    return bool(keys) and active.run.would_skip(sigma, keys)
 
 
 def diffusion_model_wrapper(active: ActiveRun, executor, *args, **kwargs):

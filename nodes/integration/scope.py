@@ -19,7 +19,7 @@ import comfy.patcher_extension as pe
 
 from ...abcache_core import CacheRun, CacheSettings, plan, rescale_denoised
 from ...abcache_core.policy import speed_problem, uses_placement
-from ...abcache_core.sensitivity import measure_sensitivity
+from ...abcache_core.sensitivity import measure_calls, measure_sensitivity
 
 LOG = logging.getLogger("ab_cache")
 
@@ -140,8 +140,9 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
 
     Reads the node's spec at ``model_options[key]``; bypasses (with a warning) when another step cache is
     attached; otherwise builds the per-run state with ``start(spec, model_patcher, schedule, noise_injected,
-    sensitivity)`` (:func:`sampler_adds_noise` and, where the settings place steps by it,
-    :func:`sampler_sensitivity` of the sampler this call runs), and installs,
+    sensitivity, calls)`` (:func:`sampler_adds_noise` and, where the settings place steps by them,
+    :func:`sampler_sensitivity` and, where that is None, :func:`sampler_calls` of the sampler this call runs),
+    and installs,
     in a copy of the guider's model_options for this sampling call only, the per-run wrappers
     ``wrappers[wrapper_type](active, executor, *args, **kwargs)`` bound to that state under ``key`` (replacing
     the pass-through placeholders the node registered, so the wrapper order of the graph is kept). Nothing of
@@ -160,11 +161,13 @@ def sampling_scope(executor, args, kwargs, key: str, spec_type, others: list, st
     schedule = [float(s) for s in sigmas.detach().flatten().cpu()] if isinstance(sigmas, torch.Tensor) else []
     sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
     noise_injected = sampler_adds_noise(sampler)
-    sensitivity = None
+    sensitivity = calls = None
     if uses_placement(spec.settings):       # (None for a sampler that adds noise: sampler_sensitivity's own rule)
-        sensitivity = sampler_sensitivity(sampler, schedule, is_flow(sampling_of(guider.model_patcher)),
-                                          guider.model_patcher)
-    active = start(spec, guider.model_patcher, schedule, noise_injected, sensitivity)
+        flow = is_flow(sampling_of(guider.model_patcher))
+        sensitivity = sampler_sensitivity(sampler, schedule, flow, guider.model_patcher)
+        if sensitivity is None:             # a sampler that calls the model more than once in a step?
+            calls = sampler_calls(sampler, schedule, flow, guider.model_patcher)
+    active = start(spec, guider.model_patcher, schedule, noise_injected, sensitivity, calls)
     mo = comfy.model_patcher.create_model_options_clone(orig)
     to = mo["transformer_options"] = dict(mo.get("transformer_options", {}))
     wr = to["wrappers"] = dict(to.get("wrappers", {}))
@@ -209,6 +212,20 @@ def sampler_sensitivity(sampler, schedule: list, flow: bool, patcher=None) -> Op
     core's checks refuse -- and even mode then places by the step lengths, as for euler. ``patcher``: the model's
     ModelPatcher, which some samplers read their model sampling from (:class:`_SamplerModel`). The global random
     state and the warnings a sampler may raise on such an input stay as they were."""
+    return _probe_sampler(measure_sensitivity, sampler, schedule, flow, patcher)
+
+
+def sampler_calls(sampler, schedule: list, flow: bool, patcher=None) -> Optional[tuple]:
+    """The model calls ComfyUI's ``sampler`` makes in each step of ``schedule`` (abcache_core/sensitivity.
+    measure_calls: per step one flag per call, True for its call on the trajectory), measured the way
+    :func:`sampler_sensitivity` measures. None for the same samplers (no ``sampler_function``, added noise) and
+    wherever the calls cannot be mapped onto steps: those samplers are decided per step."""
+    return _probe_sampler(measure_calls, sampler, schedule, flow, patcher)
+
+
+def _probe_sampler(measure, sampler, schedule: list, flow: bool, patcher) -> Optional[tuple]:
+    """``measure(run, schedule, flow)`` with ``run(model, x, sigmas)`` running ``sampler``'s function on a probe
+    model (:func:`sampler_sensitivity`); None for a sampler without a function or one that adds noise."""
     fn = getattr(sampler, "sampler_function", None)
     if not callable(fn) or sampler_adds_noise(sampler):
         return None
@@ -220,7 +237,7 @@ def sampler_sensitivity(sampler, schedule: list, flow: bool, patcher=None) -> Op
 
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return measure_sensitivity(run, schedule, flow)
+        return measure(run, schedule, flow)
 
 
 class _SamplerModel:
@@ -288,7 +305,7 @@ def warn_if_unsupported_schedule(name: str, run: CacheRun) -> None:
         LOG.warning("%s: %s; this run is not cached (every step runs the model).", name, run.unsupported)
 
 
-def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int) -> None:
+def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int, calls=None) -> None:
     if steps <= 0:
         return
     if all(plan(settings, steps)):
@@ -296,7 +313,7 @@ def warn_if_nothing_to_skip(name: str, settings: CacheSettings, steps: int) -> N
                     "%d); every step runs the model. Lower the warm-up or interval, or use more steps.",
                     name, steps, settings.mode, settings.warmup, settings.interval, settings.final_steps)
         return
-    problem = speed_problem(settings, steps)
+    problem = speed_problem(settings, steps, calls)
     if problem:
         LOG.warning("%s: %s", name, problem)
 
