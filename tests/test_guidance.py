@@ -276,3 +276,19 @@ def test_flux_blocks_node_with_slg(env, order):
         drift = _norm(r - ref_terms[k - 1]) / _norm(r)
         assert _norm(t) > 0.5 * _norm(r)
         assert _norm(t - r) / _norm(r) < 1.5 * drift + 0.05, (k, _norm(t - r) / _norm(r), drift)
+
+
+def test_heun_per_call_with_pag(env):
+    """Even mode decides heun per call; PAG adds a model call of its own (another pass) to every sampler
+    evaluation. Each pass counts its own calls of a step, so both run on exactly the calls the plan computes:
+    twice calls_for_speed of heun's calls, finite output."""
+    from abcache_core.policy import calls_for_speed
+
+    case = env.case("sd15")
+    ref, spy_ref = env.harness.run_spied(case, _pag(case.patcher), steps=STEPS, cfg=CFG, sampler="heun")
+    assert spy_ref.calls == 2 * (2 * STEPS - 1)
+    m = _pag(env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=3.0))
+    on, spy_on = env.harness.run_spied(case, m, steps=STEPS, cfg=CFG, sampler="heun")
+    assert spy_on.calls == 2 * calls_for_speed(2 * STEPS - 1, 3.0)
+    assert torch.isfinite(on).all() and spy_on.inputs_intact
+    assert 0 < _norm(on - ref) / _norm(ref) < 0.5
