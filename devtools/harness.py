@@ -114,15 +114,17 @@ def expected_calls(spy: Spy, settings, flow: bool = True, sampler: Optional[str]
     from abcache_core import planned_compute, step_position
     from abcache_core.policy import multi_call, planned_call, uses_placement
 
-    n, seen = 0, {}
+    n, seen, measured = 0, {}, {}
     for sigma, sched in zip(spy.sigmas, spy.schedules):
         pos = step_position(sched, sigma)
         if pos is None or sigma <= 0:
             n += 1
             continue
         step = int(math.floor(pos + 1e-6))
-        weights = placement_weights(sched, flow, sampler, patcher)
-        stages = sampler_calls(sched, flow, sampler, patcher) if uses_placement(settings) else None
+        if tuple(sched) not in measured:      # the probes run once per schedule, as the node runs them once a run
+            measured[tuple(sched)] = (placement_weights(sched, flow, sampler, patcher),
+                                      sampler_calls(sched, flow, sampler, patcher) if uses_placement(settings) else None)
+        weights, stages = measured[tuple(sched)]
         if multi_call(stages):
             call = seen.get((tuple(sched), step), 0)
             seen[(tuple(sched), step)] = call + 1
