@@ -391,32 +391,42 @@ def per_call_stages(settings: CacheSettings, calls, steps: int) -> Optional[tupl
     return tuple(tuple(bool(f) for f in c) for c in calls)
 
 
+def level_weights(weights: tuple, stages: tuple) -> tuple:
+    """The placement weight of each step's *level call* (its first call at its own sigma; ``stages``:
+    sensitivity.measure_calls): the weight of the step that makes it. Where another call at the same sigma
+    follows it, the level call is a stage of the step before (heun's corrector at the end of step i - 1) and takes
+    that step's weight; elsewhere (dpm_2, the first step) its own step's."""
+    return tuple(weights[s - 1] if s > 0 and stages[s].count(True) > 1 else weights[s] for s in range(len(stages)))
+
+
 @functools.lru_cache(maxsize=256)
 def spread_calls(weights: tuple, stages: tuple, calls: int, power: float = SPREAD_POWER) -> frozenset:
     """Even mode's plan for a sampler that calls the model more than once in a step: the computed calls, as
     (step, index of the call in that step) pairs, ``calls`` of them (at most).
 
-    ``stages``: per step, one flag per call in order, True for the call on the trajectory
+    ``stages``: per step, one flag per call in order, True for a call at the step's own sigma
     (sensitivity.measure_calls). Every call of the first and of the last step is computed (the first and the last
-    step computed, as :func:`spread_steps` does); the other steps get their call on the trajectory computed, spread
-    by ``weights`` as :func:`spread_steps` spreads steps, and their stage calls (heun's corrector, dpm_2's
-    midpoint) extrapolated from the trajectory calls before them -- so twice as many steps are computed as when
-    each step's calls are decided together (docs/DESIGN.md, "Placement"). A budget beyond every call on the
-    trajectory computes the stage calls of steps spread the same way."""
+    step computed, as :func:`spread_steps` does). The other steps get their *level call* -- the first call at
+    their own sigma: heun's corrector of the step before, dpm_2's call on the trajectory -- computed, spread by
+    :func:`level_weights` as :func:`spread_steps` spreads steps. Their other calls are extrapolated: a later call
+    at the same sigma (heun's call on the trajectory) from the level call just computed at the same noise level,
+    a call between schedule points (dpm_2's midpoint) from the calls before it (docs/DESIGN.md, "Placement"). A
+    budget beyond every level call computes the other calls of steps spread the same way."""
     n = len(stages)
     every = [(s, c) for s in range(n) for c in range(len(stages[s]))]
     if calls >= len(every) or n <= 2:
         return frozenset(every)
     ends = {0, n - 1}
     plan = {(s, c) for s in ends for c in range(len(stages[s]))}
-    trajectory = {s: stages[s].index(True) for s in range(n)}
+    level = {s: stages[s].index(True) for s in range(n)}
+    placed = level_weights(tuple(weights), stages)
     left = calls - len(plan)
     inner = max(0, min(n - 2, left))
-    plan |= {(s, trajectory[s]) for s in spread_steps(weights, inner + 2, power)}
+    plan |= {(s, level[s]) for s in spread_steps(placed, inner + 2, power)}
     left -= inner
-    for m in range(min(n - 2, left), 0, -1):     # every trajectory call computed: stage calls of spread steps
-        extra = {(s, c) for s in spread_steps(weights, m + 2, power) - ends for c in range(len(stages[s]))
-                 if c != trajectory[s]}
+    for m in range(min(n - 2, left), 0, -1):     # every level call computed: the other calls of spread steps
+        extra = {(s, c) for s in spread_steps(placed, m + 2, power) - ends for c in range(len(stages[s]))
+                 if c != level[s]}
         if len(extra) <= left:
             plan |= extra
             break

@@ -22,9 +22,9 @@ result does not measure the sensitivity: added noise, a step-size controller, no
 the schedule.
 
 Samplers that call the model more than once in a step are not placed by a sensitivity; :func:`measure_calls`
-records instead which calls each step gets (heun: the corrector of the step before, then the call on the
-trajectory; dpm_2: the call on the trajectory, then its midpoint), for the per-call plan of even mode
-(policy.spread_calls).
+records instead which calls each step gets and whether each is at the step's own sigma (heun: the corrector of
+the step before, then the call on the trajectory, both at the step's sigma; dpm_2: the call on the trajectory,
+then its midpoint between schedule points), for the per-call plan of even mode (policy.spread_calls).
 
 Pure torch; never imports ComfyUI.
 """
@@ -147,11 +147,12 @@ class CallLog(VelocityProbe):
 
 def measure_calls(run_sampler: SamplerRun, schedule: Sequence[float], flow: bool) -> Optional[tuple]:
     """The sampler's model calls in each step, in order: a tuple per step of the schedule with one flag per call,
-    True for the step's call *on the trajectory* -- the last call at the step's own sigma, whose input is the
-    sampler's latent -- and False for a stage call (heun's corrector of the step before, at this step's sigma;
-    dpm_2's midpoint). Measured by running the sampler on :class:`CallLog` (same arguments as
-    :func:`measure_sensitivity`). None where the calls cannot be mapped onto steps: the sampler raised, called
-    the model off the schedule, left a step out, or a step has no call at its own sigma."""
+    True for a call at the step's own sigma (heun: the corrector of the step before, then the call on the
+    trajectory, both at this step's sigma) and False for a call between schedule points (dpm_2's midpoint). The
+    last call at the step's own sigma is the one *on the trajectory*, whose input is the sampler's latent.
+    Measured by running the sampler on :class:`CallLog` (same arguments as :func:`measure_sensitivity`). None
+    where the calls cannot be mapped onto steps: the sampler raised, called the model off the schedule, left a step
+    out, or a step has no call at its own sigma."""
     schedule = [float(s) for s in schedule]
     if len(schedule) < 2:
         return None
@@ -163,7 +164,7 @@ def measure_calls(run_sampler: SamplerRun, schedule: Sequence[float], flow: bool
             run_sampler(probe, x, torch.tensor(schedule, dtype=torch.float64))
     except Exception:       # ProbeAbort (a call off the schedule) or a sampler we cannot see into
         return None
-    calls = [[at_point for j, at_point in probe.log if j == step] for step in range(steps)]
+    calls = tuple(tuple(at_point for j, at_point in probe.log if j == step) for step in range(steps))
     if any(True not in c for c in calls):
         return None
-    return tuple(tuple(i == len(c) - 1 - c[::-1].index(True) for i in range(len(c))) for c in calls)
+    return calls

@@ -117,7 +117,7 @@ class CacheRun:
         # places even mode's computed steps: the sampler's sensitivity to each step, else its length in flow time
         self.weights = tuple(float(w) for w in sensitivity) if measured else step_lengths(flow_times(self.schedule, flow))
         self.placement = "sampler" if measured else "step lengths"
-        # even mode with a multi-call sampler: the calls of each step (one flag per call, True on the trajectory)
+        # even mode with a multi-call sampler: the calls of each step (one flag per call, True at the step's sigma)
         self.stages: Optional[tuple] = per_call_stages(self.settings, calls, self.steps)
         if self.stages is not None:
             self.placement += ", per call"
@@ -210,7 +210,8 @@ class CacheRun:
         level = round(sigma, 12)
         step = int(math.floor(pos + 1e-6))
         if self.stages is not None:
-            # decided per call: the n-th call of a step (heun's corrector, then its call on the trajectory)
+            # decided per call: the n-th call of a step (heun's corrector, then its call on the trajectory at the
+            # same sigma, extrapolated from the corrector when the plan computes only that: policy.spread_calls)
             call = self._call_index(step, keys)
             level = (level, call)
             planned = planned_call(self.settings, step, call, self.weights, self.stages)

@@ -320,8 +320,9 @@ ABLATION_LINES = (
     ("even, lambda axis (ablation)", "Axis: flow time against lambda on the same steps (SD 1.5)", "flow time"),
     ("even, step-length placement (ablation)", "Placement: by the sampler's measured sensitivity against by the step "
      "lengths, where the two pick other steps", "the sensitivity"),
-    ("even, per-step decisions (ablation)", "Heun: deciding each model call (the corrector extrapolated, the first and "
-     "last step's calls computed) against deciding a step's two calls together", "per call"),
+    ("even, per-step decisions (ablation)", "Heun: deciding each model call (the corrector computed at spread steps, "
+     "the call on the trajectory after it extrapolated from it, the first and last step's calls computed) against "
+     "deciding a step's two calls together", "per call"),
 )
 
 
@@ -489,8 +490,10 @@ WHY = (
     "ablation rows run the step lengths' placement where it picks other steps (the \"Placement\" line below; the "
     "\"steps-sampler-placement\" section compares more samplers on the search noise). Heun calls the model twice in "
     "a step: it keeps the step lengths and is decided per call -- every call of the first and the last step "
-    "computed, elsewhere the call on the trajectory computed at spread steps and the corrector extrapolated "
-    "(docs/DESIGN.md, \"Placement\"); the \"per-step decisions\" ablation rows decide a step's two calls "
+    "computed, elsewhere the first call at each computed noise level (the corrector of the step before) and the call "
+    "on the trajectory after it extrapolated from it at the same noise level, the levels spread by the length of the "
+    "step whose corrector they are (docs/DESIGN.md, \"Placement\"); the \"per-step decisions\" ablation rows decide "
+    "a step's two calls "
     "together, as before (the \"Heun\" line below; at 28 steps and a third of the calls they make 17 calls, the "
     "defaults 18). The adaptive mode (Advanced node) is kept as an option: its tolerance "
     "does govern the calls (bisected to 16/50 calls it ends at 0.0017, inside its range), and at that budget it "

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abcache_core import CacheRun, CacheSettings
-from abcache_core.policy import calls_for_speed, flow_times, spread_calls, spread_steps, step_lengths
+from abcache_core.policy import calls_for_speed, flow_times, level_weights, spread_calls, spread_steps, step_lengths
 from abcache_core.sensitivity import VelocityProbe, measure_calls, measure_sensitivity
 
 finite = dict(allow_nan=False, allow_infinity=False)
@@ -182,11 +182,12 @@ def _midpoint(model, x, sigmas):
 
 
 def test_measure_calls_maps_each_call_to_its_step():
-    """heun: the first step has one call, every later step the corrector of the step before (at its sigma) and
-    then its own call on the trajectory; dpm_2: the call on the trajectory, then the midpoint, the last step (into
-    sigma 0) one call; euler one call a step. Calls off the schedule or a sampler that raises: None."""
+    """heun: the first step has one call, every later step the corrector of the step before and then its own
+    call on the trajectory, both at its sigma; dpm_2: the call on the trajectory, then the midpoint between
+    schedule points (False), the last step (into sigma 0) one call; euler one call a step. Calls off the schedule
+    or a sampler that raises: None."""
     sched = [1.0, 0.75, 0.5, 0.25, 0.0]
-    assert measure_calls(_two_calls_a_step, sched, True) == ((True,), (False, True), (False, True), (False, True))
+    assert measure_calls(_two_calls_a_step, sched, True) == ((True,), (True, True), (True, True), (True, True))
     assert measure_calls(_midpoint, sched, True) == ((True, False), (True, False), (True, False), (True,))
     assert measure_calls(euler, [14.6, 3.0, 0.4, 0.0], False) == ((True,),) * 3
     for sampler in (_off_schedule, _raises, _skips_a_step):
@@ -194,18 +195,20 @@ def test_measure_calls_maps_each_call_to_its_step():
 
 
 def _stages(draw_counts):
-    """Per step, a sampler's calls with one on the trajectory (heun-like: last; dpm_2-like: first)."""
-    return tuple(tuple(i == (n - 1 if kind else 0) for i in range(n)) for n, kind in draw_counts)
+    """Per step, a sampler's calls, True at the step's own sigma (heun-like: every call; dpm_2-like: the first,
+    the others between schedule points)."""
+    return tuple(tuple(kind or i == 0 for i in range(n)) for n, kind in draw_counts)
 
 
 @settings(max_examples=80, deadline=None)
 @given(counts=st.lists(st.tuples(st.integers(1, 3), st.booleans()), min_size=1, max_size=30),
        weights=st.lists(st.floats(0.001, 1.0, **finite), min_size=30, max_size=30), data=st.data())
 def test_spread_calls_plan(counts, weights, data):
-    """spread_calls: every call of the first and the last step; a call on the trajectory wherever a step has
-    a computed call; exactly ``calls`` calls while the budget lies between the two end steps' calls and every
-    call on the trajectory, at most ``calls`` beyond; every call at a budget of all calls; and for a sampler with
-    one call a step exactly spread_steps."""
+    """spread_calls: every call of the first and the last step; the level call (the first at the step's own
+    sigma) wherever a step has a computed call, at the steps spread_steps picks by level_weights; exactly
+    ``calls`` calls while the budget lies between the two end steps' calls and every level call, at most
+    ``calls`` beyond; every call at a budget of all calls; and for a sampler with one call a step exactly
+    spread_steps."""
     stages = _stages(counts)
     n, w = len(stages), tuple(weights[:len(stages)])
     total = sum(len(c) for c in stages)
@@ -219,6 +222,7 @@ def test_spread_calls_plan(counts, weights, data):
     assert all((s, stages[s].index(True)) in plan for s, _ in plan)
     if ends <= calls <= ends + n - 2:
         assert len(plan) == calls
+        assert {s for s, _ in plan} == spread_steps(level_weights(w, stages), calls - ends + 2)
     assert len(plan) <= max(calls, ends)
     single = tuple((True,) for _ in stages)
     assert spread_calls(w, single, calls) == {(s, 0) for s in spread_steps(w, calls)}
@@ -240,7 +244,7 @@ def test_cache_run_decides_a_multi_call_sampler_per_call(speed):
     calls_for_speed over all 39 calls), each key counts its own calls (the uncond of a split batch runs in a call
     of its own), speed 1 computes every call; without ``calls``, or with multi_call per_step, per step as before."""
     sched = [1.0 - i / 20 for i in range(20)] + [0.0]
-    stages = ((True,),) + ((False, True),) * 19
+    stages = ((True,),) + ((True, True),) * 19
     settings_ = CacheSettings(mode="even", speed=speed)
     run = CacheRun(settings_, sched, flow=True, calls=stages)
     assert run.placement == "step lengths, per call"
@@ -260,6 +264,34 @@ def test_cache_run_decides_a_multi_call_sampler_per_call(speed):
     assert CacheRun(settings_, sched, flow=True).stages is None
     per_step = CacheRun(CacheSettings(mode="even", speed=speed, multi_call="per_step"), sched, flow=True, calls=stages)
     assert per_step.placement == "step lengths" and per_step.stages is None
+
+
+def test_cache_run_reuses_the_level_call_at_the_same_sigma():
+    """heun at half the calls: where the corrector (the level call) at a sigma is computed and the call on the
+    trajectory after it is not, the latter is the corrector's noise estimate recombined with its own input --
+    exact for a model whose noise estimate does not depend on the input -- not an extrapolation from the steps
+    before (which a noise estimate curved in sigma would tell apart)."""
+    from abcache_core.spaces import noise_map
+
+    sched = [0.96 - 0.048 * i for i in range(20)] + [0.0]      # below 1: a flow output needs 1 - sigma > 0
+    stages = ((True,),) + ((True, True),) * 19
+    run = CacheRun(CacheSettings(mode="even", speed=2.0), sched, flow=True, calls=stages)
+    plan = spread_calls(step_lengths(sched), stages, calls_for_speed(39, 2.0))
+    space = noise_map("flow")
+    eps = lambda sigma: torch.linspace(-1.0, 1.0, 8, dtype=torch.float64) * (1 + 5 * sigma ** 2)  # noqa: E731
+    reused = 0
+    for sigma, step, call in _heun_calls(sched):
+        x = torch.full((8,), 3.0 * sigma + 0.01 * call, dtype=torch.float64)     # the input differs per call
+        d = run.decide(sigma, ["c"], inputs={"c": x}, space=space)
+        if not d.skip:
+            assert (step, call) in plan
+            run.record(sigma, {"c": (eps(sigma) - x) / (1 - sigma)}, inputs={"c": x}, space=space)  # noise estimate
+            continue
+        assert (step, call) not in plan
+        if call == 1 and (step, 0) in plan:
+            reused += 1
+            assert torch.allclose(space.to_noise(d.predictions["c"], x, sigma), eps(sigma), atol=1e-9), (step, call)
+    assert reused >= 10
 
 
 # ------------------------------------------------------------------------------ ComfyUI's own samplers
@@ -345,7 +377,7 @@ def test_comfyui_sampler_calls(env, flow):
     sched = [1.0 - i / 12 for i in range(12)] + [0.0] if flow else [14.6 * 0.6 ** i for i in range(12)] + [0.0]
     got = {name: scope.sampler_calls(comfy.samplers.sampler_object(name), sched, flow, patcher)
            for name in ("heun", "dpm_2", "heunpp2", "euler", "euler_ancestral", "dpmpp_sde", "dpm_adaptive")}
-    assert got["heun"] == ((True,),) + ((False, True),) * 11
+    assert got["heun"] == ((True,),) + ((True, True),) * 11
     assert got["dpm_2"] == ((True, False),) * 11 + ((True,),)
     assert got["heunpp2"] is not None and any(len(c) > 1 for c in got["heunpp2"])
     assert got["euler"] == ((True,),) * 12
@@ -357,7 +389,7 @@ def test_comfyui_sampler_calls(env, flow):
 def test_node_decides_multi_call_samplers_per_call(env, family, sampler):
     """The simple node at speed 2 and 3 under heun and dpm_2: the real forward runs exactly the calls
     spread_calls plans over the sampler's calls (calls_for_speed of all its calls; every call of the first and
-    the last step, elsewhere the call on the trajectory), the report says 'per call', outputs are finite and the
+    the last step, elsewhere each step's first call at its own sigma), the report says 'per call', outputs are finite and the
     inputs untouched; speed 1 stays bit-identical."""
     import comfy.model_sampling
     import comfy.samplers
@@ -396,7 +428,7 @@ def test_speed_problem_counts_steps_with_a_computed_call():
     warning counts steps as before."""
     from abcache_core.policy import speed_problem
 
-    heun = lambda n: ((True,),) + ((False, True),) * (n - 1)     # noqa: E731
+    heun = lambda n: ((True,),) + ((True, True),) * (n - 1)     # noqa: E731
     even = CacheSettings(mode="even", speed=3.0)
     assert speed_problem(even, 12, heun(12)) is None
     assert "leaves 4 model calls" in speed_problem(even, 12)

@@ -217,7 +217,7 @@ def sampler_sensitivity(sampler, schedule: list, flow: bool, patcher=None) -> Op
 
 def sampler_calls(sampler, schedule: list, flow: bool, patcher=None) -> Optional[tuple]:
     """The model calls ComfyUI's ``sampler`` makes in each step of ``schedule`` (abcache_core/sensitivity.
-    measure_calls: per step one flag per call, True for its call on the trajectory), measured the way
+    measure_calls: per step one flag per call, True for a call at the step's own sigma), measured the way
     :func:`sampler_sensitivity` measures. None for the same samplers (no ``sampler_function``, added noise) and
     wherever the calls cannot be mapped onto steps: those samplers are decided per step."""
     return _probe_sampler(measure_calls, sampler, schedule, flow, patcher)
