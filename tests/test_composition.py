@@ -172,8 +172,8 @@ def test_controlnet(env):
 
 
 def test_controlnet_heun_per_call(env, caplog):
-    """heun at speed 3 decides per call: at a computed step the corrector (extrapolated, control not computed) and
-    the call on the trajectory (computed) share a noise level. The control model runs on exactly the computed
+    """heun at speed 3 decides per call: at a computed noise level the corrector (computed) and the call on the
+    trajectory (extrapolated from it, control not computed) share the level. The control model runs on exactly the computed
     calls, no call is computed without its control (no warning), and the image is the one of a run that evaluated
     control on every call."""
     import logging
