@@ -264,6 +264,37 @@ def test_split_sampling_call_count(env):
     assert spy_low.calls == 4
 
 
+@pytest.mark.parametrize("family", ["wan21_t2v", "sd15"])
+def test_split_sampling_heun_plans_each_stage_per_call(env, family):
+    """heun split over two KSamplerAdvanced (0-10, 10-20) at speed 2: each stage is its own run, planned call by call
+    on its own schedule (its first and last step's calls, the corrector at its spread noise levels), so the real
+    forward runs exactly the calls those two plans ask for; the result is finite and the latent untouched."""
+    import comfy.model_sampling
+    import nodes as comfy_nodes
+
+    from abcache_core import CacheSettings
+
+    case = env.case(family)
+    flow = isinstance(case.patcher.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    ks = comfy_nodes.KSamplerAdvanced()
+
+    def split(model):
+        m, spy = env.harness.with_spy(model)
+        lat = {"samples": case.latent.clone()}
+        mid = ks.sample(m, "enable", 0, 20, 2.0, "heun", "simple", case.positive(1), case.negative(2), lat, 0, 10,
+                        "enable")[0]
+        out = ks.sample(m, "disable", 0, 20, 2.0, "heun", "simple", case.positive(1), case.negative(2), mid, 10, 20,
+                        "disable")[0]["samples"]
+        assert torch.equal(lat["samples"], case.latent)
+        return out, spy
+
+    _, spy_ref = split(case.patcher)
+    out, spy = split(env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=2.0))
+    want = env.harness.expected_calls(spy_ref, CacheSettings(mode="even", speed=2.0), flow, "heun", case.patcher)
+    assert len(set(map(tuple, spy_ref.schedules))) == 2 and spy_ref.calls == 19 + 20
+    assert spy.calls == want < spy_ref.calls and torch.isfinite(out).all(), (spy.calls, want)
+
+
 def test_blocks_summary_counts_only_finished_calls(env, caplog):
     import comfy.patcher_extension as pe
 
