@@ -147,9 +147,10 @@ _TABLE = (
         "which carries the injected noise; noise = the noise estimate, as for the other samplers.")),
     Param("multi_call", "choice", "per_call", choices=MULTI_CALL_PLANS, tooltip=(
         "mode even under a sampler that calls the model more than once in a step (heun, dpm_2, heunpp2): "
-        "per_call = every call of the first and the last step computed, elsewhere each step's first call at its own "
-        "noise level (heun's corrector, dpm_2's call on the trajectory) computed at steps spread as usual and the "
-        "other calls extrapolated (heun's call on the trajectory from that corrector, dpm_2's midpoint); "
+        "per_call = every call of the first and the last step computed, elsewhere the call that completes a step "
+        "(heun's corrector, dpm_2's midpoint) computed at steps spread as usual and the other calls extrapolated "
+        "(heun's call on the trajectory from that corrector at the same noise level, dpm_2's from the midpoints "
+        "before it); "
         "per_step = all calls of a step computed or all extrapolated (earlier versions).")),
     Param("max_amplification", "float", 8.0, min=1.0, tooltip=(
         "Guard: when the extrapolation weights amplify the history by more than this (sum |w|), a lower order "

@@ -391,11 +391,20 @@ def per_call_stages(settings: CacheSettings, calls, steps: int) -> Optional[tupl
     return tuple(tuple(bool(f) for f in c) for c in calls)
 
 
+def level_call(flags: tuple) -> int:
+    """The call of a step (``flags``: one per call, True at the step's own sigma; sensitivity.measure_calls) that
+    even mode's per-call plan computes: the call that completes a sampler step here. That is the last call after
+    the step's call on the trajectory where there is one (dpm_2's midpoint, which alone moves the latent), else the
+    step's first call at its own sigma (heun's corrector of the step before; a one-call step's only call)."""
+    on_trajectory = len(flags) - 1 - flags[::-1].index(True)
+    return len(flags) - 1 if on_trajectory < len(flags) - 1 else flags.index(True)
+
+
 def level_weights(weights: tuple, stages: tuple) -> tuple:
-    """The placement weight of each step's *level call* (its first call at its own sigma; ``stages``:
-    sensitivity.measure_calls): the weight of the step that makes it. Where another call at the same sigma
-    follows it, the level call is a stage of the step before (heun's corrector at the end of step i - 1) and takes
-    that step's weight; elsewhere (dpm_2, the first step) its own step's."""
+    """The placement weight of each step's level call (:func:`level_call`; ``stages``: sensitivity.measure_calls):
+    the weight of the sampler step it completes. Where another call at the same sigma follows it, the level call is
+    a stage of the step before (heun's corrector at the end of step i - 1) and takes that step's weight; elsewhere
+    (dpm_2's midpoint, the first step) its own step's."""
     return tuple(weights[s - 1] if s > 0 and stages[s].count(True) > 1 else weights[s] for s in range(len(stages)))
 
 
@@ -406,19 +415,19 @@ def spread_calls(weights: tuple, stages: tuple, calls: int, power: float = SPREA
 
     ``stages``: per step, one flag per call in order, True for a call at the step's own sigma
     (sensitivity.measure_calls). Every call of the first and of the last step is computed (the first and the last
-    step computed, as :func:`spread_steps` does). The other steps get their *level call* -- the first call at
-    their own sigma: heun's corrector of the step before, dpm_2's call on the trajectory -- computed, spread by
-    :func:`level_weights` as :func:`spread_steps` spreads steps. Their other calls are extrapolated: a later call
-    at the same sigma (heun's call on the trajectory) from the level call just computed at the same noise level,
-    a call between schedule points (dpm_2's midpoint) from the calls before it (docs/DESIGN.md, "Placement"). A
-    budget beyond every level call computes the other calls of steps spread the same way."""
+    step computed, as :func:`spread_steps` does). The other steps get their *level call* (:func:`level_call`: the
+    call that completes a sampler step -- heun's corrector of the step before, dpm_2's midpoint) computed, spread by
+    :func:`level_weights` as :func:`spread_steps` spreads steps. Their other calls are extrapolated: heun's call on
+    the trajectory from the corrector just computed at the same sigma (the same noise level), dpm_2's call on the
+    trajectory from the midpoints before it (docs/DESIGN.md, "Placement"). A budget beyond every level call
+    computes the other calls of steps spread the same way."""
     n = len(stages)
     every = [(s, c) for s in range(n) for c in range(len(stages[s]))]
     if calls >= len(every) or n <= 2:
         return frozenset(every)
     ends = {0, n - 1}
     plan = {(s, c) for s in ends for c in range(len(stages[s]))}
-    level = {s: stages[s].index(True) for s in range(n)}
+    level = {s: level_call(stages[s]) for s in range(n)}
     placed = level_weights(tuple(weights), stages)
     left = calls - len(plan)
     inner = max(0, min(n - 2, left))

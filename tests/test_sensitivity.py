@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abcache_core import CacheRun, CacheSettings
-from abcache_core.policy import calls_for_speed, flow_times, level_weights, spread_calls, spread_steps, step_lengths
+from abcache_core.policy import (calls_for_speed, flow_times, level_call, level_weights, spread_calls, spread_steps,
+                                 step_lengths)
 from abcache_core.sensitivity import VelocityProbe, measure_calls, measure_sensitivity
 
 finite = dict(allow_nan=False, allow_infinity=False)
@@ -204,8 +205,8 @@ def _stages(draw_counts):
 @given(counts=st.lists(st.tuples(st.integers(1, 3), st.booleans()), min_size=1, max_size=30),
        weights=st.lists(st.floats(0.001, 1.0, **finite), min_size=30, max_size=30), data=st.data())
 def test_spread_calls_plan(counts, weights, data):
-    """spread_calls: every call of the first and the last step; the level call (the first at the step's own
-    sigma) wherever a step has a computed call, at the steps spread_steps picks by level_weights; exactly
+    """spread_calls: every call of the first and the last step; the level call (level_call) wherever a step has a
+    computed call, at the steps spread_steps picks by level_weights; exactly
     ``calls`` calls while the budget lies between the two end steps' calls and every level call, at most
     ``calls`` beyond; every call at a budget of all calls; and for a sampler with one call a step exactly
     spread_steps."""
@@ -219,13 +220,24 @@ def test_spread_calls_plan(counts, weights, data):
         return
     ends = sum(len(stages[s]) for s in {0, n - 1})
     assert {(s, c) for s in (0, n - 1) for c in range(len(stages[s]))} <= plan
-    assert all((s, stages[s].index(True)) in plan for s, _ in plan)
+    assert all((s, level_call(stages[s])) in plan for s, _ in plan)
     if ends <= calls <= ends + n - 2:
         assert len(plan) == calls
         assert {s for s, _ in plan} == spread_steps(level_weights(w, stages), calls - ends + 2)
     assert len(plan) <= max(calls, ends)
     single = tuple((True,) for _ in stages)
     assert spread_calls(w, single, calls) == {(s, 0) for s in spread_steps(w, calls)}
+
+
+def test_level_call_completes_a_sampler_step():
+    """heun (every call at the step's sigma): the first, its corrector of the step before; dpm_2: the midpoint
+    after its call on the trajectory; a one-call step: its only call; heunpp2-like steps (three calls at the step's
+    sigma): the first."""
+    assert level_call((True,)) == 0
+    assert level_call((True, True)) == 0
+    assert level_call((True, False)) == 1
+    assert level_call((True, False, False)) == 2
+    assert level_call((True, True, True)) == 0
 
 
 def _heun_calls(sched):
@@ -389,7 +401,7 @@ def test_comfyui_sampler_calls(env, flow):
 def test_node_decides_multi_call_samplers_per_call(env, family, sampler):
     """The simple node at speed 2 and 3 under heun and dpm_2: the real forward runs exactly the calls
     spread_calls plans over the sampler's calls (calls_for_speed of all its calls; every call of the first and
-    the last step, elsewhere each step's first call at its own sigma), the report says 'per call', outputs are finite and the
+    the last step, elsewhere each step's level call: heun's corrector, dpm_2's midpoint), the report says 'per call', outputs are finite and the
     inputs untouched; speed 1 stays bit-identical."""
     import comfy.model_sampling
     import comfy.samplers
