@@ -403,8 +403,9 @@ def level_call(flags: tuple) -> int:
 def level_weights(weights: tuple, stages: tuple) -> tuple:
     """The placement weight of each step's level call (:func:`level_call`; ``stages``: sensitivity.measure_calls):
     the weight of the sampler step it completes. Where another call at the same sigma follows it, the level call is
-    a stage of the step before (heun's corrector at the end of step i - 1) and takes that step's weight; elsewhere
-    (dpm_2's midpoint, the first step) its own step's."""
+    a stage of the step before (heun's corrector at the end of step i - 1) and takes that step's weight (heunpp2's,
+    which completes step i - 2, takes step i - 1's too); elsewhere (dpm_2's midpoint, the first step) its own
+    step's."""
     return tuple(weights[s - 1] if s > 0 and stages[s].count(True) > 1 else weights[s] for s in range(len(stages)))
 
 
