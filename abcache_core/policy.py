@@ -393,19 +393,20 @@ def per_call_stages(settings: CacheSettings, calls, steps: int) -> Optional[tupl
 
 def level_call(flags: tuple) -> int:
     """The call of a step (``flags``: one per call, True at the step's own sigma; sensitivity.measure_calls) that
-    even mode's per-call plan computes: the call that completes a sampler step here. That is the last call after
-    the step's call on the trajectory where there is one (dpm_2's midpoint, which alone moves the latent), else the
-    step's first call at its own sigma (heun's corrector of the step before; a one-call step's only call)."""
+    even mode's per-call plan computes. Where calls follow the step's call on the trajectory (between schedule
+    points: dpm_2's midpoint), the last of them: it completes the step (dpm_2's update uses only the midpoint's
+    output). Else the call at the step's sigma just before the call on the trajectory (heun's corrector of the step
+    before; heunpp2's second stage of the step before): its input is the nearest to the trajectory's, and the call
+    on the trajectory is then extrapolated from it at the same noise level. A one-call step: its only call."""
     on_trajectory = len(flags) - 1 - flags[::-1].index(True)
-    return len(flags) - 1 if on_trajectory < len(flags) - 1 else flags.index(True)
+    return len(flags) - 1 if on_trajectory < len(flags) - 1 else max(on_trajectory - 1, 0)
 
 
 def level_weights(weights: tuple, stages: tuple) -> tuple:
     """The placement weight of each step's level call (:func:`level_call`; ``stages``: sensitivity.measure_calls):
-    the weight of the sampler step it completes. Where another call at the same sigma follows it, the level call is
-    a stage of the step before (heun's corrector at the end of step i - 1) and takes that step's weight (heunpp2's,
-    which completes step i - 2, takes step i - 1's too); elsewhere (dpm_2's midpoint, the first step) its own
-    step's."""
+    the weight of the sampler step that makes it. Where another call at the same sigma follows it, the level call
+    is a stage of the step before (heun's corrector at the end of step i - 1, heunpp2's second stage) and takes that
+    step's weight; elsewhere (dpm_2's midpoint, the first step) its own step's."""
     return tuple(weights[s - 1] if s > 0 and stages[s].count(True) > 1 else weights[s] for s in range(len(stages)))
 
 
@@ -416,8 +417,8 @@ def spread_calls(weights: tuple, stages: tuple, calls: int, power: float = SPREA
 
     ``stages``: per step, one flag per call in order, True for a call at the step's own sigma
     (sensitivity.measure_calls). Every call of the first and of the last step is computed (the first and the last
-    step computed, as :func:`spread_steps` does). The other steps get their *level call* (:func:`level_call`: the
-    call that completes a sampler step -- heun's corrector of the step before, dpm_2's midpoint) computed, spread by
+    step computed, as :func:`spread_steps` does). The other steps get their *level call* (:func:`level_call`:
+    heun's corrector of the step before, dpm_2's midpoint) computed, spread by
     :func:`level_weights` as :func:`spread_steps` spreads steps. Their other calls are extrapolated: heun's call on
     the trajectory from the corrector just computed at the same sigma (the same noise level), dpm_2's call on the
     trajectory from the midpoints before it (docs/DESIGN.md, "Placement"). A budget beyond every level call

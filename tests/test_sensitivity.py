@@ -229,15 +229,16 @@ def test_spread_calls_plan(counts, weights, data):
     assert spread_calls(w, single, calls) == {(s, 0) for s in spread_steps(w, calls)}
 
 
-def test_level_call_completes_a_sampler_step():
+def test_level_call():
     """heun (every call at the step's sigma): the first, its corrector of the step before; dpm_2: the midpoint
     after its call on the trajectory; a one-call step: its only call; heunpp2-like steps (three calls at the step's
-    sigma): the first."""
+    sigma: the stages of the two steps before, then the call on the trajectory): the one just before the call on
+    the trajectory."""
     assert level_call((True,)) == 0
     assert level_call((True, True)) == 0
     assert level_call((True, False)) == 1
     assert level_call((True, False, False)) == 2
-    assert level_call((True, True, True)) == 0
+    assert level_call((True, True, True)) == 1
 
 
 def _heun_calls(sched):
