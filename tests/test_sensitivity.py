@@ -448,3 +448,21 @@ def test_speed_problem_counts_steps_with_a_computed_call():
     assert "computes the model at 4 of them" in speed_problem(even, 8, heun(8))
     per_step = CacheSettings(mode="even", speed=3.0, multi_call="per_step")
     assert "leaves 4 model calls" in speed_problem(per_step, 12, heun(12))
+
+
+@pytest.mark.parametrize("family", ["flux_dev", "sd15"])
+def test_node_speed_on_every_comfyui_sampler(env, family):
+    """The simple node at speed 2 under every sampler this ComfyUI has (per call, per step, sampler-placed or
+    added-noise plans alike): finite outputs of the right shape, never more forward calls than the uncached run,
+    fewer wherever that run made at least 8, and the sampler's inputs untouched."""
+    import comfy.samplers
+
+    case = env.case(family)
+    node = env.harness.apply_node(env.nodes.ABCacheNode, case.patcher, speed=2.0)
+    for name in comfy.samplers.KSampler.SAMPLERS:
+        ref, spy_ref = env.harness.run_spied(case, case.patcher, steps=8, sampler=name, scheduler="normal")
+        out, spy = env.harness.run_spied(case, node, steps=8, sampler=name, scheduler="normal")
+        assert out.shape == ref.shape and torch.isfinite(out).all(), name
+        assert spy.calls <= spy_ref.calls and spy.inputs_intact, (name, spy.calls, spy_ref.calls)
+        if spy_ref.calls >= 8:
+            assert spy.calls < spy_ref.calls, (name, spy.calls, spy_ref.calls)
