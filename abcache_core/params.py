@@ -127,8 +127,8 @@ _TABLE = (
         "How many times fewer model calls to make: 3 = one call in three (about 3x faster), spread over the "
         "steps (closer together where the schedule's steps are longer or the sampler leans on a step's output "
         "more), first and last step included. Samplers that call the model twice a step (heun, dpm_2) are "
-        "planned call by call: both calls of the first and last step run, elsewhere a step's extra call "
-        "(heun's corrector) is extrapolated. 0 = use "
+        "planned call by call: both calls of the first and last step run, elsewhere one call a step runs (heun's "
+        "corrector, dpm_2's midpoint) and the other is extrapolated. 0 = use "
         "order/interval/warm-up as set (the fixed schedule of earlier versions).")),
     Param("extrapolator", "choice", "noise", choices=EXTRAPOLATORS, tooltip=(
         "What a skipped step is extrapolated from. noise: the model's noise estimate at the last computed steps, "

@@ -126,6 +126,8 @@ def expected_calls(spy: Spy, settings, flow: bool = True, sampler: Optional[str]
                                       sampler_calls(sched, flow, sampler, patcher) if uses_placement(settings) else None)
         weights, stages = measured[tuple(sched)]
         if multi_call(stages):
+            if step == 0 and seen.get((tuple(sched), 0), 0) >= len(stages[0]):    # the same schedule sampled again
+                seen = {k: v for k, v in seen.items() if k[0] != tuple(sched)}
             call = seen.get((tuple(sched), step), 0)
             seen[(tuple(sched), step)] = call + 1
             n += planned_call(settings, step, call, weights, stages)
