@@ -25,6 +25,7 @@ EXPOSURE_APPLY = ("extrapolated", "all")
 EXTRAPOLATORS = ("noise", "output", "noise_lsq")
 NOISE_INJECTED_SPACES = ("data", "noise")
 MULTI_CALL_PLANS = ("per_call", "per_step")
+DEFERRED_CORRECTIONS = ("auto", "off")
 EB_CACHE_DELTA = 0.965     # EB-Cache's published δ (DiT-XL/2, 50 DDPM steps, cfg 1.5)
 
 
@@ -152,6 +153,10 @@ _TABLE = (
         "(heun's call on the trajectory from that corrector at the same noise level, dpm_2's from the midpoints "
         "before it); "
         "per_step = all calls of a step computed or all extrapolated (earlier versions).")),
+    Param("deferred_correction", "choice", "auto", choices=DEFERRED_CORRECTIONS, tooltip=(
+        "mode even: auto = at a computed step, correct the steps skipped since the last one (their data estimate "
+        "interpolated through the new call, the difference carried into this step's output by the sampler's "
+        "sensitivity), under samplers whose measured sensitivity is their step lengths (euler); off = never.")),
     Param("max_amplification", "float", 8.0, min=1.0, tooltip=(
         "Guard: when the extrapolation weights amplify the history by more than this (sum |w|), a lower order "
         "is used.")),

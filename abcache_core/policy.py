@@ -68,6 +68,7 @@ class CacheSettings:
     fit_points: int = _field("fit_points")       # computed steps the least-squares line goes through
     noise_injected_space: str = _field("noise_injected_space")  # data | noise: under noise-injecting samplers
     multi_call: str = _field("multi_call")       # per_call | per_step: even mode under heun, dpm_2 (spread_calls)
+    deferred_correction: str = _field("deferred_correction")  # auto | off (corrects_skips)
 
     def resolved(self, flow: bool) -> "CacheSettings":
         """These settings with the coordinate made concrete (docs/DESIGN.md, "Extrapolation"): ``auto`` is sigma
@@ -468,6 +469,28 @@ def extrapolation_rule(settings: CacheSettings, reach: float, noise_injected: bo
     if settings.extrapolator == "noise_lsq" and reach > settings.long_gap + 1e-6:
         return space, "lsq"
     return space, "lagrange"
+
+
+# Points the interpolation of a skipped step's data estimate goes through at the next computed step (the new call and
+# the two computed before it; fewer at the start of a run): CacheRun.corrected_outputs.
+CORRECTION_POINTS = 3
+
+
+def corrects_skips(settings: CacheSettings, sensitivity: Optional[Sequence[float]], schedule: Sequence[float],
+                   flow: bool, noise_injected: bool = False, per_call: bool = False) -> bool:
+    """Whether a computed step corrects the steps skipped since the last one (CacheRun.corrected_outputs;
+    docs/DESIGN.md, "Deferred correction"): mode even with ``deferred_correction`` auto (whatever the
+    extrapolator), a deterministic sampler decided per step (not ``per_call``) whose measured
+    ``sensitivity`` (abcache_core/sensitivity.py) is its step lengths in flow time -- euler's: each step's output
+    moves the latent of that step alone, which is what the correction carries the error of a skipped step by.
+    Multistep samplers (dpmpp_2m: their output also enters the next step) lost with it, and samplers whose
+    sensitivity is not measured are left as they were."""
+    if not (uses_placement(settings) and settings.deferred_correction == "auto") or noise_injected or per_call:
+        return False
+    lengths = step_lengths(flow_times(schedule, flow))
+    if sensitivity is None or len(sensitivity) != len(lengths) or not any(lengths):
+        return False
+    return all(math.isclose(float(s), x, rel_tol=1e-6, abs_tol=1e-12) for s, x in zip(sensitivity, lengths))
 
 
 def planned_compute(settings: CacheSettings, step: int, steps: int, weights: Optional[tuple] = None) -> Optional[bool]:

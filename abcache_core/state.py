@@ -30,8 +30,9 @@ from typing import Any, Hashable, Iterable, Mapping, NamedTuple, Optional, Seque
 
 import torch
 
-from .policy import (CacheSettings, decided_at_call_time, extrapolation_rule, flow_time, flow_times, per_call_stages,
-                     planned_call, planned_compute, schedule_problem, step_lengths, step_position)
+from .policy import (CORRECTION_POINTS, CacheSettings, corrects_skips, decided_at_call_time, extrapolation_rule,
+                     flow_time, flow_times, per_call_stages, planned_call, planned_compute, schedule_problem,
+                     step_lengths, step_position)
 from .spaces import NoiseMap
 from .weights import amplification, lagrange_weights, least_squares_weights, paper_weights
 
@@ -51,12 +52,23 @@ class CallRecord:
 
 
 class Entry(NamedTuple):
-    """One computed output in a history: its coordinate, step position, the output, and its estimate in the
-    run's extrapolation space (the noise estimate, or the data estimate under a noise-injecting sampler)."""
+    """One computed output in a history: its coordinate, step position, the output, its estimate in the
+    run's extrapolation space (the noise estimate, or the data estimate under a noise-injecting sampler), and its
+    data estimate where the run corrects skipped steps (:meth:`CacheRun.corrected_outputs`)."""
     coord: float
     pos: float
     y: torch.Tensor
     est: Optional[torch.Tensor] = None
+    data: Optional[torch.Tensor] = None
+
+
+class Skipped(NamedTuple):
+    """A skipped call whose error the next computed step corrects: its step, coordinate, flow time, and the data
+    estimate of the output it was given."""
+    step: int
+    coord: float
+    time: float
+    data: torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +114,9 @@ class CacheRun:
     ``sensitivity`` the sampler's sensitivity to each of the n steps (abcache_core/sensitivity.py), which places
     even mode's computed steps (None, or not n values: the step lengths in flow time, euler's); ``calls`` the
     sampler's model calls in each step (abcache_core/sensitivity.measure_calls): where a step has more than one
-    (heun, dpm_2), even mode decides per call (policy.spread_calls), else per step."""
+    (heun, dpm_2), even mode decides per call (policy.spread_calls), else per step. Where policy.corrects_skips
+    says so (euler in even mode), a computed step also corrects the steps skipped before it
+    (:meth:`corrected_outputs`)."""
 
     def __init__(self, settings: CacheSettings, schedule: Sequence[float], flow: bool = True,
                  noise_injected: bool = False, sensitivity: Optional[Sequence[float]] = None,
@@ -121,13 +135,19 @@ class CacheRun:
         self.stages: Optional[tuple] = per_call_stages(self.settings, calls, self.steps)
         if self.stages is not None:
             self.placement += ", per call"
+        # a computed step corrects the steps skipped since the last one (corrected_outputs)
+        self.corrects = corrects_skips(self.settings, sensitivity if measured else None, self.schedule, flow,
+                                       self.noise_injected, self.stages is not None)
+        self._flow = bool(flow)
+        self._skipped_since: dict[Hashable, dict] = {}   # key -> {step: Skipped} since its last computed call
         self._calls: dict = {}                  # (step, key) -> calls made so far (multi-call samplers)
         self.unsupported: Optional[str] = schedule_problem(self.schedule)   # set: nothing is cached
         self.records: list[CallRecord] = []
         self._hist: dict[Hashable, deque] = {}
         st = self.settings
         self._maxlen = max(st.order, 2 if decided_at_call_time(st.mode) else 1,
-                           st.fit_points if st.extrapolator == "noise_lsq" and st.mode != "paper" else 1)
+                           st.fit_points if st.extrapolator == "noise_lsq" and st.mode != "paper" else 1,
+                           CORRECTION_POINTS if self.corrects else 1)
         self._lock = threading.RLock()
         self._decided: dict[float, bool] = {}   # sigma -> computed? (one decision per noise level)
         self._acc = 0.0                         # adaptive: accumulated error since the last compute
@@ -185,7 +205,70 @@ class CacheRun:
                 reason = self._over_budget(target, err)
                 if reason:
                     return self._computed(pos, sigma, reason, level)
+            if self.corrects and predict:
+                self._note_skipped(pos, sigma, target, preds, inputs, space)
             return self._skipped(pos, sigma, level, target, first, preds, order, err)
+
+    def _note_skipped(self, pos, sigma: float, target: float, preds: dict, inputs, space) -> None:
+        """Keep the data estimate of each prediction, for the correction at the key's next computed call. A key
+        without its input or a map has nothing kept, and its steps are not corrected."""
+        if pos is None or inputs is None or space is None:
+            return
+        step = int(math.floor(pos + 1e-6))
+        for k, y in preds.items():
+            x = inputs.get(k)
+            if x is not None and x.shape == y.shape:
+                data = space.to_data(y, x.to(y.device), sigma)
+                self._skipped_since.setdefault(k, {})[step] = Skipped(step, target, flow_time(sigma, self._flow), data)
+
+    def corrected_outputs(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor],
+                          inputs: Optional[Mapping[Hashable, torch.Tensor]], space: Optional[NoiseMap]) -> dict:
+        """Deferred correction (docs/DESIGN.md): after :meth:`record` of a computed call, the outputs to return
+        instead, {key: new tensor}, for the keys that skipped steps since their last computed call (empty where
+        the run does not correct, policy.corrects_skips).
+
+        For each skipped step n, its data estimate is interpolated through this call and the ones computed
+        before it (Lagrange through up to ``CORRECTION_POINTS``, on the run's axis, under the amplification
+        guard); D_interp(n) - D_used(n) is the error of the skipped output in data units, -(...)/t_n in velocity
+        (flow time t). The sampler's result moves by s_n times a velocity error at step n (the run's weights, the
+        sampler's measured sensitivity), so this call's velocity gets sum_n (s_n / s_m) times the skipped steps'
+        errors: the result moves as if they had been given the interpolated outputs, and the next latent is back
+        on the trajectory. The history keeps the model's own outputs."""
+        out: dict = {}
+        if not self.corrects:
+            return out
+        sigma = float(sigma)
+        pos = step_position(self.schedule, sigma)
+        with self._lock:
+            pending = {k: self._skipped_since.pop(k, None) for k in outputs}
+            if pos is None or inputs is None or space is None or not sigma > 0:
+                return out
+            m = int(math.floor(pos + 1e-6))
+            time_m = flow_time(sigma, self._flow)
+            for k, y in outputs.items():
+                skipped, x, hist = pending.get(k), inputs.get(k), self._hist.get(k)
+                if not skipped or x is None or not hist or hist[0].data is None or not 0 <= m < self.steps:
+                    continue
+                points = [e for e in list(hist)[:CORRECTION_POINTS] if e.data is not None]
+                shift = None
+                for n in sorted(skipped.values()):
+                    w, used = self._guarded(lambda q: lagrange_weights([e.coord for e in points[:q]], n.coord),
+                                            len(points))
+                    if w is None or used < 2 or not 0 <= n.step < self.steps:
+                        continue
+                    interp = self._combine([e.data for e in points[:used]], w, None, cast=False)
+                    if interp is None:
+                        continue
+                    gain = (self.weights[n.step] / self.weights[m]) * (time_m / n.time)
+                    term = (interp - n.data.to(interp.device, interp.dtype)) * gain
+                    shift = term if shift is None else shift + term
+                if shift is None:
+                    continue
+                data = hist[0].data.to(shift.device, shift.dtype) + shift
+                fixed = space.from_data(data, x.to(shift.device), sigma)
+                if bool(torch.isfinite(fixed).all()):
+                    out[k] = fixed.to(device=y.device, dtype=y.dtype)
+        return out
 
     def would_skip(self, sigma: float, keys: Iterable[Hashable]) -> bool:
         """True when :meth:`decide` called now with these keys would skip (never in a call-time mode, whose
@@ -451,11 +534,14 @@ class CacheRun:
                 prev = self._hist.get(key)
                 if n == 0 and prev and prev[0].y.shape == y.shape and prev[0].coord != c:
                     self._note_change(float(sigma), y, prev[0].y)
-                x = inputs.get(key) if keep_est else None
-                est = self._estimate(space, y, x, float(sigma)) if x is not None and x.shape == y.shape else None
+                x = inputs.get(key) if keep_est or (self.corrects and space is not None and inputs is not None) else None
+                fits = x is not None and x.shape == y.shape
+                est = self._estimate(space, y, x, float(sigma)) if fits and keep_est else None
+                data = space.to_data(y, x, float(sigma)).to(y.dtype) if fits and self.corrects else None
                 if self.settings.cache_device == "cpu" and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
                     est = None if est is None else est.to("cpu", non_blocking=False)
+                    data = None if data is None else data.to("cpu", non_blocking=False)
                 h = self._hist.get(key)
                 if h is None or h.maxlen != self._maxlen:
                     h = self._hist[key] = deque(h or (), maxlen=self._maxlen)
@@ -467,7 +553,7 @@ class CacheRun:
                     kept = [e for e in h if e.coord != c]
                     h.clear()
                     h.extend(kept)
-                h.appendleft(Entry(c, pos, y, est))
+                h.appendleft(Entry(c, pos, y, est, data))
 
     def _note_change(self, sigma: float, y: torch.Tensor, prev: torch.Tensor) -> None:
         ref = float(torch.linalg.vector_norm(prev.float()))
@@ -484,6 +570,7 @@ class CacheRun:
     def forget(self, key: Hashable) -> None:
         with self._lock:
             self._hist.pop(key, None)
+            self._skipped_since.pop(key, None)
 
     def history_sizes(self) -> dict:
         with self._lock:
@@ -491,7 +578,7 @@ class CacheRun:
 
     def history_tensors(self) -> list:
         with self._lock:
-            return [t for h in self._hist.values() for e in h for t in (e.y, e.est) if t is not None]
+            return [t for h in self._hist.values() for e in h for t in (e.y, e.est, e.data) if t is not None]
 
     def release(self) -> None:
         """Drop every tensor reference (the records keep only numbers)."""
@@ -499,6 +586,7 @@ class CacheRun:
             self._hist.clear()
             self._decided.clear()
             self._calls.clear()
+            self._skipped_since.clear()
 
     # ------------------------------------------------------------------ telemetry
     def summary(self) -> dict[str, Any]:

@@ -129,7 +129,7 @@ class Runner:
         settings (long_gap, fit_points, noise_injected_space, multi_call) -- through the same attach function with
         CacheSettings."""
         inputs = {"mode": "even", "speed": speed, **inputs}
-        if set(inputs) & {"long_gap", "fit_points", "noise_injected_space", "multi_call"}:
+        if set(inputs) & {"long_gap", "fit_points", "noise_injected_space", "multi_call", "deferred_correction"}:
             import importlib
 
             from abcache_core import CacheSettings
@@ -174,6 +174,22 @@ class Runner:
         from abcache_core.policy import multi_call
 
         return multi_call(self.b.harness.sampler_calls(self.sigmas(s), self.flow, s.sampler, self.b.patcher))
+
+    def corrects(self, s: Setting) -> bool:
+        """Whether the node's defaults correct skipped steps at the next computed one under this setting's sampler
+        (policy.corrects_skips: euler, whose measured sensitivity is its step lengths)."""
+        import importlib
+
+        import comfy.samplers
+
+        from abcache_core import CacheSettings
+        from abcache_core.policy import corrects_skips
+
+        sigmas = self.sigmas(s)
+        scope = importlib.import_module(self.b.nodes.__name__ + ".integration.scope")
+        sensitivity = scope.sampler_sensitivity(comfy.samplers.sampler_object(s.sampler), sigmas, self.flow,
+                                                self.b.patcher)
+        return corrects_skips(CacheSettings(mode="even").resolved(self.flow), sensitivity, sigmas, self.flow)
 
     def every_level_speed(self, s: Setting) -> float:
         """The speed at which even mode's per-call plan (policy.spread_calls) computes every level call and the
@@ -278,6 +294,9 @@ def run_model(model: str, study: bool, quick: bool, seeds: int, placement: bool 
             if r.placed_by_sampler(s, speed):   # the sampler's sensitivity moved steps: the step lengths' placement
                 imgs, c = r.sample(r.placed(s, speed, SPREAD_POWER), s)
                 add(budget, "even, step-length placement (ablation)", imgs, c)
+            if r.corrects(s):     # euler: the skipped steps corrected at the next computed one, against not
+                imgs, c = r.sample(r.advanced(speed, deferred_correction="off"), s)
+                add(budget, "even, no deferred correction (ablation)", imgs, c)
             if r.multi_call(s):   # heun: per call (the defaults) against all of a step's calls together
                 imgs, c = r.sample(r.advanced(speed, multi_call="per_step"), s)
                 add(budget, "even, per-step decisions (ablation)", imgs, c)
@@ -334,6 +353,8 @@ ABLATION_LINES = (
     ("even, lambda axis (ablation)", "Axis: flow time against lambda on the same steps (SD 1.5)", "flow time"),
     ("even, step-length placement (ablation)", "Placement: by the sampler's measured sensitivity against by the step "
      "lengths, where the two pick other steps", "the sensitivity"),
+    ("even, no deferred correction (ablation)", "Deferred correction: the steps skipped before a computed step "
+     "corrected through its output (euler) against not corrected", "the correction"),
     ("even, per-step decisions (ablation)", "Heun: deciding each model call (the corrector computed at spread steps, "
      "the call on the trajectory after it extrapolated from it, the first and last step's calls computed) against "
      "deciding a step's two calls together", "per call"),
@@ -515,6 +536,11 @@ WHY = (
     "defaults 18). At half the calls the \"every level computed\" rows show what the per-call plan gets from "
     "computing every noise level once, at more calls than the budget (21 at 20 steps, 29 at 28): on FLUX it stays "
     "under the +10 dB target, so there the reuse of the corrector, not the choice of levels, is the limit. "
+    "Deferred correction: under euler (its measured sensitivity is its step lengths) a computed step also corrects "
+    "the steps skipped before it, through its own output: their data estimates interpolated through the new call, "
+    "the difference carried by the sensitivity (docs/DESIGN.md, \"Deferred correction\"); the \"no deferred "
+    "correction\" ablation rows run the same steps without it (the \"Deferred correction\" line below). "
+    "Multistep samplers and heun keep their computed outputs as they are. "
     "The adaptive mode (Advanced node) is kept as an option: its tolerance "
     "does govern the calls (bisected to 16/50 calls it ends at 0.0017, inside its range), and at that budget it "
     "is below the spread placement on FLUX (54.1 dB with order 3 on the raw output, search noise, fidelity "

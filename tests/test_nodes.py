@@ -85,6 +85,34 @@ def test_node_defaults_even_placement_and_noise_space(env, family):
         assert any(not torch.equal(a, b) for a, b in zip(st(on), st(alt))), "the noise space was not used"
 
 
+@pytest.mark.parametrize("family", ["flux_dev", "sd15", "wan21_i2v", "cogvideox", "ltx2"])
+def test_euler_corrects_the_skipped_steps_at_the_next_computed_one(env, family):
+    """Even mode under euler (its measured sensitivity is its step lengths): a computed step returns its output
+    corrected for the steps skipped before it (CacheRun.corrected_outputs), with the same forward calls as
+    without the correction, finite and shaped as the model's output, the model's input untouched; under
+    dpmpp_2m (a multistep sampler) nothing is corrected: bit-identical to deferred_correction off."""
+    import comfy.model_sampling
+
+    from abcache_core import CacheSettings
+
+    case = env.case(family)
+    flow = isinstance(case.patcher.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    st = env.tm.streams
+    on_settings = CacheSettings(mode="even", speed=2.0)
+    off_settings = CacheSettings(mode="even", speed=2.0, deferred_correction="off")
+    ref, spy_ref = _run(env, case, case.patcher, steps=12, sampler="euler")
+    on, spy_on = _run(env, case, env.wrappers.apply_ab_cache(case.patcher, on_settings), steps=12, sampler="euler")
+    off, spy_off = _run(env, case, env.wrappers.apply_ab_cache(case.patcher, off_settings), steps=12,
+                        sampler="euler")
+    assert spy_on.calls == spy_off.calls == _expected(spy_ref, on_settings, flow) < spy_ref.calls
+    assert [(o.shape, o.dtype) for o in st(on)] == [(r.shape, r.dtype) for r in st(ref)]
+    assert all(torch.isfinite(o).all() for o in st(on)) and spy_on.inputs_intact
+    assert any(not torch.equal(a, b) for a, b in zip(st(on), st(off))), "no skipped step was corrected"
+    a, spy_a = _run(env, case, env.wrappers.apply_ab_cache(case.patcher, on_settings), steps=12, sampler="dpmpp_2m")
+    b, spy_b = _run(env, case, env.wrappers.apply_ab_cache(case.patcher, off_settings), steps=12, sampler="dpmpp_2m")
+    assert spy_a.calls == spy_b.calls and all(torch.equal(x, y) for x, y in zip(st(a), st(b)))
+
+
 def test_prompt_without_speed_samples_as_before(env):
     """A prompt written before `speed` existed (simple node with order/interval/warmup only) runs the fixed
     schedule with the raw-output extrapolator, bit-identical to the Advanced node set that way; speed 0 chosen

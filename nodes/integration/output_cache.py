@@ -235,7 +235,9 @@ def _cached_call(active: ActiveRun, to: dict, x, forward, space: str, t=None):
             active.run.unfinished(ctx[1])   # the summary counts finished calls only
         raise
     if ctx is not None:
-        _record_call(active, ctx, out, space, t)
+        corrected = _record_call(active, ctx, out, space, t)
+        if corrected is not None:
+            return corrected
     return out
 
 
@@ -296,9 +298,12 @@ def _inputs_by_key(conds, keys, x_parts, n, channels) -> dict:
 
 
 @scope.dynamo_off
-def _record_call(active: ActiveRun, ctx, out, space: str, t) -> None:
+def _record_call(active: ActiveRun, ctx, out, space: str, t):
+    """Store a computed call's outputs in the history. Returns a new output to give the sampler instead where
+    the run corrects the steps skipped before this one (CacheRun.corrected_outputs), else None."""
     sigma, decision, conds, x_chunks, sig_in, n, x_parts = ctx
     run = active.run
+    corrected = None
     parts, _ = scope.as_parts(out)
     if parts is not None:
         chunks = [scope.split_batch(p, n) for p in parts]
@@ -316,10 +321,15 @@ def _record_call(active: ActiveRun, ctx, out, space: str, t) -> None:
             channels = {k: y.shape[1] if y.ndim >= 2 else None for k, y in rec.items()}
             with active.lock:
                 active.channels.update(channels)
-            run.record(sigma, rec, inputs=_inputs_by_key(conds, list(rec), x_parts, n, channels),
-                       space=active.spaces[space])
+            inputs = _inputs_by_key(conds, list(rec), x_parts, n, channels)
+            run.record(sigma, rec, inputs=inputs, space=active.spaces[space])
+            fixed = run.corrected_outputs(sigma, rec, inputs, active.spaces[space])
+            if fixed:
+                corrected = _assemble(active, {**rec, **fixed}, conds, x_parts, space, t)
     if active.spec.verbose:
-        LOG.info("AB-Cache: sigma %.4f computed (%s)", sigma, decision.reason)
+        LOG.info("AB-Cache: sigma %.4f computed (%s)%s", sigma, decision.reason,
+                 ", skipped steps before it corrected" if corrected is not None else "")
+    return corrected
 
 
 def _sig(t, i, n, like):
