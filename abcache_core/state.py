@@ -219,6 +219,8 @@ class CacheRun:
             x = inputs.get(k)
             if x is not None and x.shape == y.shape:
                 data = space.to_data(y, x.to(y.device), sigma)
+                if self.settings.cache_device == "cpu" and data.device.type != "cpu":
+                    data = data.to("cpu", non_blocking=False)
                 self._skipped_since.setdefault(k, {})[step] = Skipped(step, target, flow_time(sigma, self._flow), data)
 
     def corrected_outputs(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor],
