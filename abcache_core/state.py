@@ -224,7 +224,7 @@ class CacheRun:
                 self._skipped_since.setdefault(k, {})[step] = Skipped(step, target, flow_time(sigma, self._flow), data)
 
     def corrected_outputs(self, sigma: float, outputs: Mapping[Hashable, torch.Tensor],
-                          inputs: Optional[Mapping[Hashable, torch.Tensor]], space: Optional[NoiseMap]) -> dict:
+                          space: Optional[NoiseMap]) -> dict:
         """Deferred correction (docs/DESIGN.md): after :meth:`record` of a computed call, the outputs to return
         instead, {key: new tensor}, for the keys that skipped steps since their last computed call (empty where
         the run does not correct, policy.corrects_skips).
@@ -243,13 +243,13 @@ class CacheRun:
         pos = step_position(self.schedule, sigma)
         with self._lock:
             pending = {k: self._skipped_since.pop(k, None) for k in outputs}
-            if pos is None or inputs is None or space is None or not sigma > 0:
+            if pos is None or space is None or not sigma > 0:
                 return out
             m = int(math.floor(pos + 1e-6))
             time_m = flow_time(sigma, self._flow)
             for k, y in outputs.items():
-                skipped, x, hist = pending.get(k), inputs.get(k), self._hist.get(k)
-                if not skipped or x is None or not hist or hist[0].data is None or not 0 <= m < self.steps:
+                skipped, hist = pending.get(k), self._hist.get(k)
+                if not skipped or not hist or hist[0].data is None or not 0 <= m < self.steps:
                     continue
                 points = [e for e in list(hist)[:CORRECTION_POINTS] if e.data is not None]
                 shift = None
@@ -266,10 +266,11 @@ class CacheRun:
                     shift = term if shift is None else shift + term
                 if shift is None:
                     continue
-                data = hist[0].data.to(shift.device, shift.dtype) + shift
-                fixed = space.from_data(data, x.to(shift.device), sigma)
+                # the output is affine in its data estimate: add the shift's part to the model's own output
+                change = space.from_data(shift, torch.zeros_like(shift), sigma).to(y.device)
+                fixed = y.to(change.dtype) + change
                 if bool(torch.isfinite(fixed).all()):
-                    out[k] = fixed.to(device=y.device, dtype=y.dtype)
+                    out[k] = fixed.to(y.dtype)
         return out
 
     def would_skip(self, sigma: float, keys: Iterable[Hashable]) -> bool:
@@ -539,7 +540,9 @@ class CacheRun:
                 x = inputs.get(key) if keep_est or (self.corrects and space is not None and inputs is not None) else None
                 fits = x is not None and x.shape == y.shape
                 est = self._estimate(space, y, x, float(sigma)) if fits and keep_est else None
-                data = space.to_data(y, x, float(sigma)).to(y.dtype) if fits and self.corrects else None
+                # kept in float32 or wider: a half-precision data estimate would carry its rounding, divided by a
+                # small sigma, into the correction (corrected_outputs)
+                data = space.to_data(y, x, float(sigma)) if fits and self.corrects else None
                 if self.settings.cache_device == "cpu" and y.device.type != "cpu":
                     y = y.to("cpu", non_blocking=False)
                     est = None if est is None else est.to("cpu", non_blocking=False)

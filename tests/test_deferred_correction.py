@@ -37,21 +37,22 @@ def velocity(x, sigma):
     return (x - data_of(x, sigma)) / sigma
 
 
-def euler(run, sched, x0, log=None):
-    """Euler on the flow ODE dx/dsigma = v, the model's calls decided by ``run``. Returns the final latent."""
-    x = x0.clone()
+def euler(run, sched, x0, log=None, dtype=torch.float64):
+    """Euler on the flow ODE dx/dsigma = v, the model's calls decided by ``run``, latent and outputs in ``dtype``
+    (the model's arithmetic in float64). Returns the final latent."""
+    x = x0.to(dtype)
     for i, s in enumerate(sched[:-1]):
         d = run.decide(s, [KEY], inputs={KEY: x}, space=FLOW) if run is not None else None
         if d is not None and d.skip:
             v = d.predictions[KEY]
         else:
-            v = velocity(x, s)
+            v = velocity(x.double(), s).to(dtype)
             if run is not None:
                 run.record(s, {KEY: v}, inputs={KEY: x}, space=FLOW)
-                v = run.corrected_outputs(s, {KEY: v}, {KEY: x}, FLOW).get(KEY, v)
+                v = run.corrected_outputs(s, {KEY: v}, FLOW).get(KEY, v)
         if log is not None:
             log.append((i, x.clone(), v.clone(), d is None or not d.skip))
-        x = x + (sched[i + 1] - s) * v
+        x = (x.double() + (sched[i + 1] - s) * v.double()).to(dtype)
     return x
 
 
@@ -156,3 +157,34 @@ def test_corrects_skips_rule(kw, sensitivity, extra, expected, flow):
             "scaled": tuple(x * (1.0 + 0.5 * (i == len(lengths) - 2)) for i, x in enumerate(lengths))}[sensitivity]
     settings = CacheSettings(**{"mode": "even", "speed": 2.0, **kw}).resolved(flow)
     assert corrects_skips(settings, sens, sched, flow, **extra) is expected
+
+
+def test_half_precision_carries_the_correction_of_float64():
+    """bfloat16 outputs and latents: what a computed step carries is the float64 correction computed from the same
+    rounded values, to within the rounding of a bfloat16 output (the correction is added to the model's own output
+    in float32 and rounded once)."""
+    sched = schedule()
+    x0 = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    log = []
+    euler(run_for(sched, 2.0), sched, x0, log, dtype=torch.bfloat16)
+    h = step_lengths(sched)
+    own = {i: velocity(x.double(), sched[i]).to(torch.bfloat16).double() for i, x, _, c in log if c}
+    data = {i: x.double() - sched[i] * own[i] for i, x, _, c in log if c}
+    computed = sorted(own)
+    checked = 0
+    for m, xm, vm, cm in log:
+        skipped = [i for i, _, _, c in log if not c and max([j for j in computed if j < m], default=m) < i < m]
+        if not cm or not skipped:
+            continue
+        points = [j for j in computed if j <= m][-CORRECTION_POINTS:][::-1]
+        expected = torch.zeros_like(own[m])
+        for n in skipped:
+            w = lagrange_weights([sched[j] for j in points], sched[n])
+            interp = sum(wj * data[j] for wj, j in zip(w, points))
+            used = log[n][1].double() - sched[n] * log[n][2].double()
+            expected += (h[n] / h[m]) * (used - interp) / sched[n]
+        carried = vm.double() - own[m]
+        tol = 2.0 ** -7 * (float(own[m].abs().max()) + float(expected.abs().max()))
+        assert float((carried - expected).abs().max()) <= tol, m
+        checked += 1
+    assert checked >= 5

@@ -323,7 +323,7 @@ def _record_call(active: ActiveRun, ctx, out, space: str, t):
                 active.channels.update(channels)
             inputs = _inputs_by_key(conds, list(rec), x_parts, n, channels)
             run.record(sigma, rec, inputs=inputs, space=active.spaces[space])
-            fixed = run.corrected_outputs(sigma, rec, inputs, active.spaces[space])
+            fixed = run.corrected_outputs(sigma, rec, active.spaces[space])
             if fixed:
                 corrected = _assemble(active, {**rec, **fixed}, conds, x_parts, space, t)
     if active.spec.verbose:
